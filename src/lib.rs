@@ -1,0 +1,8 @@
+//! cartorio: a read-only OCI registry that serves container images straight
+//! out of tarballs.
+pub mod archive;
+pub mod catalog;
+pub mod config;
+pub mod image;
+pub mod registry;
+pub mod source;

@@ -1,0 +1,1 @@
+//! The HTTP front end: OCI Distribution API routes over [`crate::catalog::Images`].

@@ -1,0 +1,1 @@
+//! Where archive bytes live.
