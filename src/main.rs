@@ -1,1 +1,272 @@
-fn main() {}
+//! The `cartorio` command: `proxy`, `serve` and `inspect`.
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use cartorio::archive::{self, ArchiveRef, Container, Root};
+use cartorio::catalog::{Catalog, Location};
+use cartorio::config::{Config, DEFAULT_LISTEN, ImageSpec};
+use cartorio::image::{ImageConfig, RepoName, Tag};
+
+#[derive(Parser)]
+#[command(
+    name = "cartorio",
+    version,
+    about = "Serve container images straight out of tarballs over the OCI Distribution API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the images listed in a config file.
+    Proxy {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides the config's `listen`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Serve archives given on the command line, without a config file.
+    Serve {
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: String,
+        /// `[NAME[:TAG]=]PATH`. Without NAME, the names and tags the archive
+        /// records are used.
+        #[arg(required = true, value_name = "[NAME[:TAG]=]PATH")]
+        archives: Vec<String>,
+    },
+    /// Show what cartorio would serve from an archive.
+    Inspect {
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cartorio: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cartorio: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Proxy { config, listen } => {
+            let cfg = Config::load(&config).map_err(|e| e.to_string())?;
+            let catalog = Catalog::new(cfg.images, Some(&cfg.base)).await?;
+            serve(catalog, &listen.unwrap_or(cfg.listen)).await
+        }
+        Command::Serve { listen, archives } => {
+            let mut specs = Vec::new();
+            for a in &archives {
+                specs.extend(serve_specs(a).await?);
+            }
+            let catalog = Catalog::new(specs, None).await?;
+            serve(catalog, &listen).await
+        }
+        Command::Inspect { path, json } => inspect(&path, json).await,
+    }
+}
+
+async fn serve(catalog: Catalog, listen: &str) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // Tests and scripts wait for this line to learn the port.
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, "serving");
+    cartorio::registry::serve(listener, Arc::new(catalog), shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Turns `[NAME[:TAG]=]PATH` into image specs.
+async fn serve_specs(arg: &str) -> Result<Vec<ImageSpec>, String> {
+    let named = arg.split_once('=').and_then(|(n, p)| {
+        let (name, tag) = match n.split_once(':') {
+            Some((n, t)) => (n, Some(t)),
+            None => (n, None),
+        };
+        let name: RepoName = name.parse().ok()?;
+        let tag: Option<Tag> = match tag {
+            Some(t) => Some(t.parse().ok()?),
+            None => None,
+        };
+        Some((name, tag, p))
+    });
+    let spec =
+        |name: RepoName, tags: Option<Vec<Tag>>, only: Option<RepoName>, source: &str| ImageSpec {
+            name,
+            source: source.to_string(),
+            tags,
+            select: None,
+            only_name: only,
+            config: ImageConfig::default(),
+            origin: format!("argument {arg:?}"),
+        };
+    if let Some((name, tag, path)) = named {
+        return Ok(vec![spec(name, tag.map(|t| vec![t]), None, path)]);
+    }
+    // No name given: serve every name the archive records.
+    let location = Location::open(arg, None).map_err(|e| e.to_string())?;
+    let ar = location
+        .open_archive()
+        .await
+        .map_err(|e| format!("{arg}: {e}"))?;
+    let ix = archive::index(&ar, &ImageConfig::default())
+        .await
+        .map_err(|e| format!("{arg}: {e}"))?;
+    let mut names: Vec<RepoName> = ix
+        .images
+        .iter()
+        .flat_map(|i| i.refs.iter())
+        .filter_map(|r| r.name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return Err(format!(
+            "{arg}: the archive records no image name; give one as NAME=PATH"
+        ));
+    }
+    Ok(names
+        .into_iter()
+        .map(|n| spec(n.clone(), None, Some(n), arg))
+        .collect())
+}
+
+async fn inspect(path: &str, json: bool) -> Result<(), String> {
+    let location = Location::open(path, None).map_err(|e| e.to_string())?;
+    let ar = location
+        .open_archive()
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    let ix = archive::index(&ar, &ImageConfig::default())
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    let container = match &ar.container {
+        Container::Tar(_) => "tar",
+        Container::Compressed(_, archive::Compression::Gzip) => "tar+gzip",
+        Container::Compressed(_, archive::Compression::Zstd) => "tar+zstd",
+        Container::Dir(_) => "directory",
+    };
+    let images: Vec<serde_json::Value> = ix
+        .images
+        .iter()
+        .map(|i| {
+            let (manifest, docker) = match &i.root {
+                Root::Stored(d) => (*d, None),
+                Root::Generated { oci, docker } => (*oci, *docker),
+            };
+            let media_type = ix.docs.get(&manifest).map(|d| d.media_type.clone());
+            serde_json::json!({
+                "refs": i.refs.iter().map(ArchiveRef::to_string).collect::<Vec<_>>(),
+                "manifest": manifest,
+                "media_type": media_type,
+                "docker_manifest": docker,
+                "platforms": i.platforms,
+                "layers": i.layers.iter().map(|(d, s)| serde_json::json!({"digest": d, "size": s})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if json {
+        let v = serde_json::json!({
+            "source": path,
+            "container": container,
+            "format": ix.format,
+            "bytes_read": ar.fetched,
+            "images": images,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    let fmt = serde_json::to_value(ix.format)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    println!(
+        "{path}: {fmt} ({container}), {} image(s), {} bytes read to index",
+        images.len(),
+        ar.fetched
+    );
+    for i in &ix.images {
+        let refs: Vec<String> = i.refs.iter().map(ArchiveRef::to_string).collect();
+        println!();
+        println!(
+            "  names:     {}",
+            if refs.is_empty() {
+                "(none)".into()
+            } else {
+                refs.join(" ")
+            }
+        );
+        match &i.root {
+            Root::Stored(d) => println!(
+                "  manifest:  {d} ({})",
+                ix.docs.get(d).map(|x| x.media_type.as_str()).unwrap_or("?")
+            ),
+            Root::Generated { oci, docker } => {
+                println!("  manifest:  {oci} (OCI, generated)");
+                if let Some(d) = docker {
+                    println!("             {d} (Docker schema 2, generated)");
+                }
+            }
+        }
+        println!("  platforms: {}", i.platforms.join(" "));
+        for (d, s) in &i.layers {
+            println!("  layer:     {d} {s:>12} bytes");
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,400 @@
-//! What a tarball holds.
+//! What a tarball holds: its table of contents, read lazily from the
+//! source, and the images its format describes.
+//!
+//! Three containers: a plain tar on a source that can range-read (headers
+//! are walked with range reads, entries served as byte ranges), a gzip or
+//! zstd compressed tar (one streaming pass to index; an entry is served by
+//! decompressing up to it), and a directory (an OCI layout or Concourse
+//! folder on local disk).
+mod detect;
+pub mod docker;
+pub mod oci;
+pub mod rootfs;
+pub mod toc;
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+
+pub use detect::{ArchiveRef, Blob, BlobAt, Doc, Format, FoundImage, Indexed, Root, index};
+pub use toc::{Entry, EntryKind, Toc};
+
+use crate::image::{Digest, Hasher};
+use crate::source::{ByteStream, FileSource, Source, SourceError, Stat};
+
+/// Largest member read whole into memory (manifests, configs, metadata).
+/// Anything bigger is not a JSON document any real tool writes.
+pub const MAX_DOC: u64 = 16 * 1024 * 1024;
+
+/// Why an archive cannot be indexed or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("corrupt archive: {0}")]
+    Corrupt(String),
+    #[error("refused hostile archive: {0}")]
+    Hostile(String),
+    #[error("not a tar archive (nor gzip- or zstd-compressed tar, nor a directory)")]
+    NotAnArchive,
+    #[error("{0}")]
+    Format(String),
+}
+
+/// Whole-archive compression, recognized by magic bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn sniff(head: &[u8]) -> Option<Compression> {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Some(Compression::Gzip)
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Some(Compression::Zstd)
+        } else {
+            None
+        }
+    }
+}
+
+/// Where the archive is and how its bytes are laid out.
+#[derive(Debug)]
+pub enum Container {
+    Tar(Arc<dyn Source>),
+    Compressed(Arc<dyn Source>, Compression),
+    Dir(PathBuf),
+}
+
+/// Digests of the whole archive stream, as a rootfs layer needs them.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamDigests {
+    /// sha256 and size of the bytes as stored.
+    pub stored: (Digest, u64),
+    /// sha256 of the decompressed tar (the layer's diff_id).
+    pub diff_id: Digest,
+}
+
+/// An opened archive: where it lives and its table of contents.
+#[derive(Debug)]
+pub struct Archive {
+    pub container: Container,
+    pub toc: Toc,
+    pub stat: Stat,
+    /// Bytes read from the source to build the TOC.
+    pub fetched: u64,
+    /// Set when the TOC came from a full streaming pass.
+    pub digests: Option<StreamDigests>,
+}
+
+fn other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// A blocking reader that hashes and counts what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+    count: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Decompresses a byte stream.
+fn decoder(stream: ByteStream, c: Compression) -> Box<dyn AsyncRead + Send + Unpin> {
+    let reader = BufReader::with_capacity(256 * 1024, StreamReader::new(stream));
+    match c {
+        Compression::Gzip => {
+            let mut d = async_compression::tokio::bufread::GzipDecoder::new(reader);
+            d.multiple_members(true);
+            Box::new(d)
+        }
+        Compression::Zstd => {
+            let mut d = async_compression::tokio::bufread::ZstdDecoder::new(reader);
+            d.multiple_members(true);
+            Box::new(d)
+        }
+    }
+}
+
+impl Archive {
+    /// Opens a tar (plain or compressed) on `source`: detects compression by
+    /// magic bytes and builds the TOC. A plain tar costs a few range reads;
+    /// a compressed one a full streaming pass.
+    pub async fn open(source: Arc<dyn Source>) -> Result<Archive, ArchiveError> {
+        let stat = source.stat().await?;
+        let head = source.read_range(0, 512).await?;
+        if let Some(c) = Compression::sniff(&head) {
+            return Self::open_compressed(source, stat, c).await;
+        }
+        if head.len() < 512 || !detect::looks_like_tar(&head) {
+            return Err(ArchiveError::NotAnArchive);
+        }
+        let rt = tokio::runtime::Handle::current();
+        let size = stat.size;
+        let src = source.clone();
+        let (toc, fetched) = tokio::task::spawn_blocking(move || {
+            let mut reader = toc::RangeReader::new(src, rt, size);
+            let toc = {
+                let mut ar = tar::Archive::new(&mut reader);
+                let entries = ar
+                    .entries_with_seek()
+                    .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+                toc::walk(entries, Some(size), false)?
+            };
+            Ok::<_, ArchiveError>((toc, reader.fetched))
+        })
+        .await
+        .map_err(|e| ArchiveError::Corrupt(e.to_string()))??;
+        Ok(Archive {
+            container: Container::Tar(source),
+            toc,
+            stat,
+            fetched: fetched + head.len() as u64,
+            digests: None,
+        })
+    }
+
+    async fn open_compressed(
+        source: Arc<dyn Source>,
+        stat: Stat,
+        c: Compression,
+    ) -> Result<Archive, ArchiveError> {
+        tracing::info!(
+            source = source.url(),
+            "compressed archive: indexing with one streaming pass"
+        );
+        let stored = Arc::new(Mutex::new((Hasher::new(), 0u64)));
+        let tap = stored.clone();
+        let raw = source.stream(0, None).await?.inspect_ok(move |b| {
+            if let Ok(mut g) = tap.lock() {
+                g.0.update(b);
+                g.1 += b.len() as u64;
+            }
+        });
+        let dec = decoder(Box::pin(raw), c);
+        let (toc, diff_id) = tokio::task::spawn_blocking(move || {
+            let mut hr = HashingReader {
+                inner: SyncIoBridge::new(dec),
+                hasher: Hasher::new(),
+                count: 0,
+            };
+            let toc = {
+                let mut ar = tar::Archive::new(&mut hr);
+                let entries = ar
+                    .entries()
+                    .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+                toc::walk(entries, None, true)?
+            };
+            // The diff_id covers the whole decompressed stream, including
+            // the end-of-archive blocks the tar reader stops before.
+            io::copy(&mut hr, &mut io::sink())
+                .map_err(|e| ArchiveError::Corrupt(format!("decompression failed: {e}")))?;
+            Ok::<_, ArchiveError>((toc, hr.hasher.finish()))
+        })
+        .await
+        .map_err(|e| ArchiveError::Corrupt(e.to_string()))??;
+        let (h, n) = std::mem::take(
+            &mut *stored
+                .lock()
+                .map_err(|_| ArchiveError::Corrupt("poisoned".into()))?,
+        );
+        if n != stat.size {
+            return Err(ArchiveError::Corrupt(format!(
+                "read {n} bytes but the source is {} bytes: changed while reading?",
+                stat.size
+            )));
+        }
+        Ok(Archive {
+            container: Container::Compressed(source, c),
+            toc,
+            stat,
+            fetched: n,
+            digests: Some(StreamDigests {
+                stored: (h.finish(), n),
+                diff_id,
+            }),
+        })
+    }
+
+    /// Opens a directory (an OCI layout or a Concourse folder): the TOC is
+    /// its file list.
+    pub async fn open_dir(path: &Path) -> Result<Archive, ArchiveError> {
+        let root = path.to_path_buf();
+        let (toc, newest) = tokio::task::spawn_blocking(move || detect::walk_dir(&root))
+            .await
+            .map_err(|e| ArchiveError::Corrupt(e.to_string()))??;
+        Ok(Archive {
+            container: Container::Dir(path.to_path_buf()),
+            toc,
+            stat: Stat {
+                size: 0,
+                version: newest,
+            },
+            fetched: 0,
+            digests: None,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.container {
+            Container::Tar(s) | Container::Compressed(s, _) => s.url().to_string(),
+            Container::Dir(p) => p.display().to_string(),
+        }
+    }
+
+    /// The bytes of a member, which must be at most [`MAX_DOC`] long.
+    pub async fn read_member(&self, name: &str) -> Result<Bytes, ArchiveError> {
+        if let Some(b) = self.toc.captured(name) {
+            return Ok(b.clone());
+        }
+        let e = self.member(name)?;
+        if e.size > MAX_DOC {
+            return Err(ArchiveError::Format(format!(
+                "{name} is {} bytes, too large for a JSON document",
+                e.size
+            )));
+        }
+        let mut out = Vec::with_capacity(e.size as usize);
+        let mut s = self.member_stream(e, 0, e.size).await?;
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk.map_err(|e| ArchiveError::Corrupt(e.to_string()))?);
+        }
+        if out.len() as u64 != e.size {
+            return Err(ArchiveError::Corrupt(format!("{name} is truncated")));
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// The entry named `name` (links followed), or a clear error.
+    pub fn member(&self, name: &str) -> Result<&Entry, ArchiveError> {
+        self.toc
+            .get(name)
+            .filter(|e| e.kind == EntryKind::File)
+            .ok_or_else(|| ArchiveError::Format(format!("the archive has no file {name:?}")))
+    }
+
+    /// The first bytes of a member, to sniff its compression.
+    pub async fn member_head(&self, e: &Entry) -> Result<Bytes, ArchiveError> {
+        if let Some(h) = e.head {
+            return Ok(Bytes::copy_from_slice(&h));
+        }
+        if let Some(b) = self.toc.captured(&e.name) {
+            return Ok(b.slice(..b.len().min(8)));
+        }
+        let n = e.size.min(8);
+        let mut s = self.member_stream(e, 0, n).await?;
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c.map_err(|e| ArchiveError::Corrupt(e.to_string()))?);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Streams `len` bytes of a member starting at `start` within it.
+    pub async fn member_stream(
+        &self,
+        e: &Entry,
+        start: u64,
+        len: u64,
+    ) -> Result<ByteStream, ArchiveError> {
+        match &self.container {
+            Container::Tar(s) => Ok(s.stream(e.offset + start, Some(len)).await?),
+            Container::Dir(root) => {
+                let f = FileSource::new(e.name.clone(), root.join(&e.name));
+                Ok(f.stream(start, Some(len)).await?)
+            }
+            Container::Compressed(s, c) => {
+                // No random access into a compressed stream: decompress up
+                // to the member. The cache makes this a one-time cost.
+                let mut r = decoder(s.stream(0, None).await?, *c);
+                let skip = e.offset + start;
+                let skipped = tokio::io::copy(&mut (&mut r).take(skip), &mut tokio::io::sink())
+                    .await
+                    .map_err(|e| ArchiveError::Corrupt(format!("decompression failed: {e}")))?;
+                if skipped != skip {
+                    return Err(ArchiveError::Corrupt(
+                        "decompressed stream ended early".into(),
+                    ));
+                }
+                let body = ReaderStream::with_capacity(r.take(len), 256 * 1024);
+                Ok(Box::pin(body.map_err(other)))
+            }
+        }
+    }
+
+    /// Streams the archive file as stored (a rootfs layer is the file).
+    pub async fn whole_stream(&self, start: u64, len: u64) -> Result<ByteStream, ArchiveError> {
+        match &self.container {
+            Container::Tar(s) | Container::Compressed(s, _) => {
+                Ok(s.stream(start, Some(len)).await?)
+            }
+            Container::Dir(_) => Err(ArchiveError::Format("a directory is not a layer".into())),
+        }
+    }
+
+    /// sha256 and size of a stream, and of its decompressed content when
+    /// it is compressed: what a layer's digest and diff_id need.
+    pub async fn hash_stream(
+        stream: ByteStream,
+        compression: Option<Compression>,
+    ) -> Result<StreamDigests, ArchiveError> {
+        let stored = Arc::new(Mutex::new((Hasher::new(), 0u64)));
+        let tap = stored.clone();
+        let tapped: ByteStream = Box::pin(stream.inspect_ok(move |b| {
+            if let Ok(mut g) = tap.lock() {
+                g.0.update(b);
+                g.1 += b.len() as u64;
+            }
+        }));
+        let diff_id = match compression {
+            None => {
+                let mut s = tapped;
+                while let Some(c) = s.next().await {
+                    c.map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+                }
+                None
+            }
+            Some(c) => {
+                let mut r = decoder(tapped, c);
+                let mut h = Hasher::new();
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = r
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| ArchiveError::Corrupt(format!("decompression failed: {e}")))?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                Some(h.finish())
+            }
+        };
+        let (h, n) = std::mem::take(
+            &mut *stored
+                .lock()
+                .map_err(|_| ArchiveError::Corrupt("poisoned".into()))?,
+        );
+        let d = h.finish();
+        Ok(StreamDigests {
+            stored: (d, n),
+            diff_id: diff_id.unwrap_or(d),
+        })
+    }
+}

@@ -1,0 +1,240 @@
+//! Which format an archive is, decided by its content, and what the
+//! formats produce: images, manifests and a map of where blobs are.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use bytes::Bytes;
+
+use super::toc::{Entry, EntryKind, Toc};
+use super::{Archive, ArchiveError, docker, oci, rootfs};
+use crate::image::{Digest, ImageConfig, RepoName, Tag, split_image_ref};
+
+/// The archive formats cartorio serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// An OCI image layout (`oci-layout`, `index.json`, `blobs/`).
+    Oci,
+    /// Legacy `docker save` (`manifest.json`, layer tars, config JSON).
+    DockerArchive,
+    /// Concourse image resource (`rootfs/` or `rootfs.tgz` + `metadata.json`).
+    Concourse,
+    /// A plain root file system.
+    Rootfs,
+}
+
+/// A document held in memory: a manifest, index or generated config.
+#[derive(Clone, Debug)]
+pub struct Doc {
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// Where a blob's bytes are.
+#[derive(Clone, Debug)]
+pub enum BlobAt {
+    /// A member of the archive, by TOC name.
+    Member(String),
+    /// The archive file itself, as stored.
+    Whole,
+    /// Generated or already read and verified.
+    Memory(Bytes),
+}
+
+#[derive(Clone, Debug)]
+pub struct Blob {
+    pub size: u64,
+    pub at: BlobAt,
+}
+
+/// The manifest a reference resolves to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Root {
+    /// The archive's own manifest or index, served as it is.
+    Stored(Digest),
+    /// Generated: an OCI rendering, and a Docker schema 2 one when every
+    /// layer has a Docker media type.
+    Generated { oci: Digest, docker: Option<Digest> },
+}
+
+impl Root {
+    pub fn digests(&self) -> Vec<Digest> {
+        match self {
+            Root::Stored(d) => vec![*d],
+            Root::Generated { oci, docker } => std::iter::once(*oci).chain(*docker).collect(),
+        }
+    }
+}
+
+/// A name an archive records for an image: `docker.io/app:1` (a name and a
+/// tag, registry host dropped), or a bare `v1` (an OCI `ref.name` that is
+/// only a tag).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ArchiveRef {
+    pub name: Option<RepoName>,
+    pub tag: Option<Tag>,
+}
+
+impl ArchiveRef {
+    /// Parses a recorded name; None (with the caller logging it) when it is
+    /// not a valid reference.
+    pub fn parse(s: &str) -> Option<ArchiveRef> {
+        if !s.contains(':') && !s.contains('/') {
+            return Some(ArchiveRef {
+                name: None,
+                tag: Some(s.parse().ok()?),
+            });
+        }
+        let (name, tag) = split_image_ref(s)?;
+        Some(ArchiveRef {
+            name: Some(name),
+            tag,
+        })
+    }
+}
+
+impl std::fmt::Display for ArchiveRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.name, &self.tag) {
+            (Some(n), Some(t)) => write!(f, "{n}:{t}"),
+            (Some(n), None) => write!(f, "{n}"),
+            (None, Some(t)) => write!(f, ":{t}"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// One image (or index) an archive holds.
+#[derive(Clone, Debug)]
+pub struct FoundImage {
+    /// Names the archive records for it; may be empty.
+    pub refs: Vec<ArchiveRef>,
+    pub root: Root,
+    /// Every manifest, config and layer digest reachable from the root.
+    pub digests: BTreeSet<Digest>,
+    /// Platform (`linux/amd64`) of each image manifest, for `inspect`.
+    pub platforms: Vec<String>,
+    /// Layer digests and sizes of each image manifest, for `inspect`.
+    pub layers: Vec<(Digest, u64)>,
+}
+
+/// Everything served from one archive.
+#[derive(Debug, Default)]
+pub struct Indexed {
+    pub format: Option<Format>,
+    pub images: Vec<FoundImage>,
+    pub docs: HashMap<Digest, Doc>,
+    pub blobs: HashMap<Digest, Blob>,
+    /// subject digest -> descriptors of manifests that refer to it.
+    pub referrers: BTreeMap<Digest, Vec<serde_json::Value>>,
+}
+
+/// Whether a 512-byte block is a tar header: its checksum adds up.
+pub(crate) fn looks_like_tar(block: &[u8]) -> bool {
+    if block.len() < 512 {
+        return false;
+    }
+    let field = &block[148..156];
+    let digits: String = field
+        .iter()
+        .take_while(|&&b| b != 0 && b != b' ')
+        .skip_while(|&&b| b == b' ')
+        .map(|&b| b as char)
+        .collect();
+    let Ok(stored) = u32::from_str_radix(digits.trim(), 8) else {
+        return false;
+    };
+    let sum: u32 = block[..148]
+        .iter()
+        .chain(&block[156..512])
+        .map(|&b| b as u32)
+        .sum::<u32>()
+        + 8 * 32;
+    sum == stored
+}
+
+/// Lists a directory as a TOC. Symlinks are recorded, not followed, so a
+/// layout cannot point outside its folder. Returns a version string (the
+/// newest mtime and the file count).
+pub(crate) fn walk_dir(root: &Path) -> Result<(Toc, String), ArchiveError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut toc = Toc::default();
+    let mut stack = vec![String::new()];
+    let mut newest = (0i64, 0i64);
+    let mut count = 0u64;
+    let io = |p: &Path, e: std::io::Error| {
+        ArchiveError::Source(crate::source::SourceError::io(&p.display().to_string(), e))
+    };
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| io(&dir, e))?
+            .filter_map(|e| e.ok())
+            .collect();
+        names.sort_by_key(|e| e.file_name());
+        for de in names {
+            let Some(fname) = de.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let name = if rel.is_empty() {
+                fname
+            } else {
+                format!("{rel}/{fname}")
+            };
+            let path = de.path();
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| io(&path, e))?;
+            newest = newest.max((meta.mtime(), meta.mtime_nsec()));
+            count += 1;
+            let kind = if meta.file_type().is_symlink() {
+                let t = std::fs::read_link(&path).map_err(|e| io(&path, e))?;
+                EntryKind::Symlink(t.to_string_lossy().into_owned())
+            } else if meta.is_dir() {
+                stack.push(name.clone());
+                EntryKind::Dir
+            } else if meta.is_file() {
+                EntryKind::File
+            } else {
+                EntryKind::Other
+            };
+            toc.push(Entry {
+                name,
+                kind,
+                size: if meta.is_file() { meta.len() } else { 0 },
+                offset: 0,
+                head: None,
+            });
+        }
+    }
+    Ok((toc, format!("dir-{}.{}-{count}", newest.0, newest.1)))
+}
+
+/// Decides the format from the TOC and builds what it serves.
+/// `config` is the image config override for formats that synthesize one.
+pub async fn index(archive: &Archive, config: &ImageConfig) -> Result<Indexed, ArchiveError> {
+    let toc = &archive.toc;
+    let has = |n: &str| toc.get(n).is_some();
+    if has("oci-layout") && has("index.json") {
+        match oci::index(archive).await {
+            Ok(ix) if !ix.images.is_empty() => return Ok(ix),
+            // Some `docker save` versions write an index that misses
+            // entries; their manifest.json still describes the images.
+            Ok(_) | Err(_) if has("manifest.json") => {
+                tracing::warn!(
+                    archive = archive.describe(),
+                    "index.json lists no usable image; using manifest.json"
+                );
+            }
+            Ok(_) => return Err(ArchiveError::Format("index.json lists no image".into())),
+            Err(e) => return Err(e),
+        }
+    }
+    if has("manifest.json") {
+        return docker::index(archive).await;
+    }
+    if has("metadata.json")
+        && (toc.contains_prefix("rootfs/") || rootfs::concourse_layer(toc).is_some())
+    {
+        return rootfs::index_concourse(archive, config).await;
+    }
+    rootfs::index_rootfs(archive, config).await
+}

@@ -1,0 +1,189 @@
+//! Legacy `docker save` archives (Docker ≤ 24, `skopeo copy docker-archive:`,
+//! `podman save`): `manifest.json` lists each image's config and layer
+//! files. The config's `rootfs.diff_ids` are the sha256 of the uncompressed
+//! layer tars, so a manifest is built from manifest.json, the config and
+//! the tar headers alone, without reading a layer.
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::detect::{ArchiveRef, Blob, BlobAt, Doc, Format, FoundImage, Indexed, Root};
+use super::{Archive, ArchiveError, Compression};
+use crate::image::build::{self, Layer, LayerKind};
+use crate::image::{Digest, media};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Entry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Config {
+    rootfs: RootFs,
+    #[serde(default)]
+    os: Option<String>,
+    #[serde(default)]
+    architecture: Option<String>,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<Digest>,
+}
+
+/// The digest a `blobs/sha256/<hex>` path names (Docker ≥ 25 and
+/// `ctr images export` put layers there).
+pub(crate) fn digest_from_blob_path(path: &str) -> Option<Digest> {
+    let hex = path
+        .trim_start_matches("./")
+        .strip_prefix("blobs/sha256/")?;
+    Digest::from_hex(hex).ok()
+}
+
+pub(crate) fn platform(os: Option<&str>, arch: Option<&str>, variant: Option<&str>) -> String {
+    let mut p = format!("{}/{}", os.unwrap_or("unknown"), arch.unwrap_or("unknown"));
+    if let Some(v) = variant {
+        p.push('/');
+        p.push_str(v);
+    }
+    p
+}
+
+pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
+    let raw = archive.read_member("manifest.json").await?;
+    let entries: Vec<Entry> = serde_json::from_slice(&raw)
+        .map_err(|e| ArchiveError::Format(format!("manifest.json is not valid: {e}")))?;
+    if entries.is_empty() {
+        return Err(ArchiveError::Format("manifest.json lists no image".into()));
+    }
+    let mut ix = Indexed {
+        format: Some(Format::DockerArchive),
+        ..Default::default()
+    };
+    for (i, e) in entries.iter().enumerate() {
+        let img = image(archive, e, &mut ix).await.map_err(|err| {
+            ArchiveError::Format(format!("manifest.json image {i} ({}): {err}", e.config))
+        })?;
+        ix.images.push(img);
+    }
+    Ok(ix)
+}
+
+async fn image(archive: &Archive, e: &Entry, ix: &mut Indexed) -> Result<FoundImage, ArchiveError> {
+    let config_bytes: Bytes = archive.read_member(&e.config).await?;
+    let config: Config = serde_json::from_slice(&config_bytes)
+        .map_err(|err| ArchiveError::Format(format!("config {} is not valid: {err}", e.config)))?;
+    if config.rootfs.diff_ids.len() != e.layers.len() {
+        return Err(ArchiveError::Format(format!(
+            "config has {} diff_ids but manifest.json lists {} layers",
+            config.rootfs.diff_ids.len(),
+            e.layers.len()
+        )));
+    }
+    let config_digest = Digest::of(&config_bytes);
+    let mut digests = BTreeSet::from([config_digest]);
+    let mut layers = Vec::new();
+    for (path, diff_id) in e.layers.iter().zip(&config.rootfs.diff_ids) {
+        let entry = archive.member(path)?;
+        let head = archive.member_head(entry).await?;
+        let (kind, compression) = match Compression::sniff(&head) {
+            None => (LayerKind::Tar, None),
+            Some(Compression::Gzip) => (LayerKind::Gzip, Some(Compression::Gzip)),
+            Some(Compression::Zstd) => (LayerKind::Zstd, Some(Compression::Zstd)),
+        };
+        let digest = match (digest_from_blob_path(&entry.name), compression) {
+            (Some(d), _) => d,
+            (None, None) => *diff_id,
+            (None, Some(c)) => {
+                // A compressed layer outside blobs/: its digest is not
+                // written anywhere, so it has to be read once.
+                tracing::info!(
+                    archive = archive.describe(),
+                    layer = path,
+                    "hashing a compressed layer to learn its digest"
+                );
+                let s = archive.member_stream(entry, 0, entry.size).await?;
+                Archive::hash_stream(s, Some(c)).await?.stored.0
+            }
+        };
+        ix.blobs.insert(
+            digest,
+            Blob {
+                size: entry.size,
+                at: BlobAt::Member(entry.name.clone()),
+            },
+        );
+        digests.insert(digest);
+        layers.push(Layer {
+            kind,
+            digest,
+            size: entry.size,
+        });
+    }
+    ix.blobs.insert(
+        config_digest,
+        Blob {
+            size: config_bytes.len() as u64,
+            at: BlobAt::Memory(config_bytes.clone()),
+        },
+    );
+    let (oci, docker) = build::manifests((config_digest, config_bytes.len() as u64), &layers);
+    let oci_digest = Digest::of(&oci);
+    ix.docs.insert(
+        oci_digest,
+        Doc {
+            media_type: media::OCI_MANIFEST.into(),
+            bytes: oci,
+        },
+    );
+    digests.insert(oci_digest);
+    let docker_digest = docker.map(|d| {
+        let dd = Digest::of(&d);
+        ix.docs.insert(
+            dd,
+            Doc {
+                media_type: media::DOCKER_MANIFEST.into(),
+                bytes: d,
+            },
+        );
+        digests.insert(dd);
+        dd
+    });
+    let refs = e
+        .repo_tags
+        .iter()
+        .flatten()
+        .filter_map(|t| {
+            let r = ArchiveRef::parse(t);
+            if r.is_none() {
+                tracing::warn!(
+                    archive = archive.describe(),
+                    tag = t,
+                    "ignoring an invalid RepoTags entry"
+                );
+            }
+            r
+        })
+        .collect();
+    Ok(FoundImage {
+        refs,
+        root: Root::Generated {
+            oci: oci_digest,
+            docker: docker_digest,
+        },
+        digests,
+        platforms: vec![platform(
+            config.os.as_deref(),
+            config.architecture.as_deref(),
+            config.variant.as_deref(),
+        )],
+        layers: layers.iter().map(|l| (l.digest, l.size)).collect(),
+    })
+}

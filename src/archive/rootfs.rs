@@ -1,0 +1,199 @@
+//! Archives that are a root file system rather than an image: a plain
+//! rootfs tarball (served as a one-layer image whose layer is the file
+//! itself), and Concourse image resources (`rootfs.tgz` or a `rootfs/`
+//! tree, plus `metadata.json` with env and user). The config is
+//! synthesized, deterministically, from the layer's digests and the
+//! user's settings.
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use super::detect::{Blob, BlobAt, Doc, Format, FoundImage, Indexed, Root};
+use super::docker::platform;
+use super::toc::Toc;
+use super::{Archive, ArchiveError, Compression, Container, StreamDigests};
+use crate::image::build::{self, Layer, LayerKind};
+use crate::image::{Digest, ImageConfig, media};
+
+/// Member names a Concourse resource uses for a packed rootfs.
+const CONCOURSE_LAYERS: [&str; 4] = [
+    "rootfs.tgz",
+    "rootfs.tar.gz",
+    "rootfs.tar",
+    "rootfs.tar.zst",
+];
+
+pub fn concourse_layer(toc: &Toc) -> Option<&'static str> {
+    CONCOURSE_LAYERS.into_iter().find(|n| toc.get(n).is_some())
+}
+
+fn kind_of(c: Option<Compression>) -> LayerKind {
+    match c {
+        None => LayerKind::Tar,
+        Some(Compression::Gzip) => LayerKind::Gzip,
+        Some(Compression::Zstd) => LayerKind::Zstd,
+    }
+}
+
+pub async fn index_rootfs(
+    archive: &Archive,
+    config: &ImageConfig,
+) -> Result<Indexed, ArchiveError> {
+    let compression = match &archive.container {
+        Container::Tar(_) => None,
+        Container::Compressed(_, c) => Some(*c),
+        Container::Dir(_) => {
+            return Err(ArchiveError::Format(
+                "a directory is served only as an OCI layout (oci-layout + index.json) or a Concourse resource (metadata.json + rootfs)".into(),
+            ));
+        }
+    };
+    if archive.toc.entries().is_empty() {
+        return Err(ArchiveError::Format("the archive is empty".into()));
+    }
+    let digests = match archive.digests {
+        Some(d) => d,
+        None => {
+            // The layer is the file: its digest needs one full read.
+            tracing::info!(
+                archive = archive.describe(),
+                "rootfs tarball: hashing it to learn the layer digest"
+            );
+            let s = archive.whole_stream(0, archive.stat.size).await?;
+            Archive::hash_stream(s, None).await?
+        }
+    };
+    let mut ix = Indexed {
+        format: Some(Format::Rootfs),
+        ..Default::default()
+    };
+    let img = build_image(
+        &mut ix,
+        kind_of(compression),
+        digests,
+        BlobAt::Whole,
+        config,
+        &ImageConfig::default(),
+        "cartorio: rootfs tarball",
+    );
+    ix.images.push(img);
+    Ok(ix)
+}
+
+#[derive(Deserialize, Default)]
+struct Metadata {
+    #[serde(default)]
+    env: Option<Vec<String>>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+pub async fn index_concourse(
+    archive: &Archive,
+    config: &ImageConfig,
+) -> Result<Indexed, ArchiveError> {
+    let raw = archive.read_member("metadata.json").await?;
+    let meta: Metadata = serde_json::from_slice(&raw)
+        .map_err(|e| ArchiveError::Format(format!("metadata.json is not valid: {e}")))?;
+    let base = ImageConfig {
+        env: meta.env,
+        user: meta.user,
+        ..Default::default()
+    };
+    let Some(name) = concourse_layer(&archive.toc) else {
+        return Err(ArchiveError::Format(
+            "Concourse resources with an unpacked rootfs/ folder are not supported yet; pack it as rootfs.tgz".into(),
+        ));
+    };
+    let entry = archive.member(name)?;
+    let head = archive.member_head(entry).await?;
+    let compression = Compression::sniff(&head);
+    let s = archive.member_stream(entry, 0, entry.size).await?;
+    let digests = Archive::hash_stream(s, compression).await?;
+    let mut ix = Indexed {
+        format: Some(Format::Concourse),
+        ..Default::default()
+    };
+    let img = build_image(
+        &mut ix,
+        kind_of(compression),
+        digests,
+        BlobAt::Member(entry.name.clone()),
+        config,
+        &base,
+        "cartorio: concourse image resource",
+    );
+    ix.images.push(img);
+    Ok(ix)
+}
+
+/// A one-layer image: config, manifests and blob map entries.
+fn build_image(
+    ix: &mut Indexed,
+    kind: LayerKind,
+    digests: StreamDigests,
+    at: BlobAt,
+    user: &ImageConfig,
+    base: &ImageConfig,
+    created_by: &str,
+) -> FoundImage {
+    let (layer_digest, layer_size) = digests.stored;
+    let config = build::config(user, base, &[digests.diff_id], created_by);
+    let config_digest = Digest::of(&config);
+    let layers = [Layer {
+        kind,
+        digest: layer_digest,
+        size: layer_size,
+    }];
+    let (oci, docker) = build::manifests((config_digest, config.len() as u64), &layers);
+    let oci_digest = Digest::of(&oci);
+    let mut set = BTreeSet::from([config_digest, layer_digest, oci_digest]);
+    ix.blobs.insert(
+        layer_digest,
+        Blob {
+            size: layer_size,
+            at,
+        },
+    );
+    ix.blobs.insert(
+        config_digest,
+        Blob {
+            size: config.len() as u64,
+            at: BlobAt::Memory(config.clone()),
+        },
+    );
+    ix.docs.insert(
+        oci_digest,
+        Doc {
+            media_type: media::OCI_MANIFEST.into(),
+            bytes: oci,
+        },
+    );
+    let docker_digest = docker.map(|d| {
+        let dd = Digest::of(&d);
+        ix.docs.insert(
+            dd,
+            Doc {
+                media_type: media::DOCKER_MANIFEST.into(),
+                bytes: d,
+            },
+        );
+        set.insert(dd);
+        dd
+    });
+    let cv: serde_json::Value = serde_json::from_slice(&config).unwrap_or_default();
+    FoundImage {
+        refs: Vec::new(),
+        root: Root::Generated {
+            oci: oci_digest,
+            docker: docker_digest,
+        },
+        digests: set,
+        platforms: vec![platform(
+            cv["os"].as_str(),
+            cv["architecture"].as_str(),
+            cv["variant"].as_str(),
+        )],
+        layers: vec![(layer_digest, layer_size)],
+    }
+}

@@ -1,0 +1,311 @@
+//! The table of contents of a tar: where every entry's header and data
+//! are, found by reading headers only.
+use std::collections::HashMap;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::ArchiveError;
+use crate::source::Source;
+
+/// Files whose bytes are kept while the TOC is built: the JSON documents
+/// and small blobs that formats read to build images. Bounded so a hostile
+/// archive of many small files cannot make the index large.
+const CAPTURE_MAX_FILE: u64 = 1024 * 1024;
+const CAPTURE_MAX_TOTAL: u64 = 64 * 1024 * 1024;
+
+/// Size of each range read while walking headers: large enough that the
+/// small JSON files following a header usually come in the same read.
+const WINDOW: u64 = 64 * 1024;
+
+/// What kind of thing an entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    /// Target as written in the archive.
+    Symlink(String),
+    /// Target: another entry's name.
+    Hardlink(String),
+    Other,
+}
+
+/// One entry of a tar (or one file of a directory layout).
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Normalized: no leading `./` or `/`, no trailing `/`.
+    pub name: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Offset of the data in the (decompressed) tar stream.
+    pub offset: u64,
+    /// The first bytes of the data, when the walk read them anyway (a
+    /// streaming pass), so layers can be sniffed without another pass.
+    pub head: Option<[u8; 8]>,
+}
+
+/// Names and places of every entry, plus the bytes of the small files that
+/// formats need.
+#[derive(Debug, Default)]
+pub struct Toc {
+    entries: Vec<Entry>,
+    by_name: HashMap<String, usize>,
+    captured: HashMap<String, Bytes>,
+}
+
+impl Toc {
+    pub(crate) fn push(&mut self, entry: Entry) {
+        // A later entry of the same name replaces an earlier one, as when
+        // the tar is extracted.
+        self.by_name.insert(entry.name.clone(), self.entries.len());
+        self.entries.push(entry);
+    }
+
+    pub(crate) fn capture(&mut self, name: String, data: Bytes) {
+        self.captured.insert(name, data);
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The entry named `name`, following symlinks and hardlinks (at most
+    /// a few hops, so a link loop is an error, not a hang).
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        let mut name = normalize(name).ok()?;
+        for _ in 0..8 {
+            let e = &self.entries[*self.by_name.get(&name)?];
+            match &e.kind {
+                EntryKind::Hardlink(t) => name = normalize(t).ok()?,
+                EntryKind::Symlink(t) => {
+                    let joined = if t.starts_with('/') {
+                        t.clone()
+                    } else {
+                        match name.rsplit_once('/') {
+                            Some((dir, _)) => format!("{dir}/{t}"),
+                            None => t.clone(),
+                        }
+                    };
+                    name = resolve_dots(&joined)?;
+                }
+                _ => return Some(e),
+            }
+        }
+        None
+    }
+
+    /// The bytes of a small file captured while walking, if it was.
+    pub fn captured(&self, name: &str) -> Option<&Bytes> {
+        let e = self.get(name)?;
+        self.captured.get(&e.name)
+    }
+
+    pub fn contains_prefix(&self, prefix: &str) -> bool {
+        self.entries.iter().any(|e| e.name.starts_with(prefix))
+    }
+}
+
+/// Normalizes an entry name. A name that climbs out of the archive (`..`)
+/// is refused: no format needs one and it is the classic traversal attack.
+pub fn normalize(name: &str) -> Result<String, ArchiveError> {
+    let mut parts = Vec::new();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                return Err(ArchiveError::Hostile(format!(
+                    "entry name {name:?} escapes the archive"
+                )));
+            }
+            c => parts.push(c),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// Resolves `..` in a symlink target joined to its directory; None when it
+/// climbs above the root.
+fn resolve_dots(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Whether a file's bytes are worth keeping during the walk.
+fn wants_capture(name: &str, size: u64) -> bool {
+    if size > CAPTURE_MAX_FILE {
+        return false;
+    }
+    let top = !name.contains('/');
+    (top && (name.ends_with(".json") || name == "oci-layout" || name == "repositories"))
+        || name.starts_with("blobs/")
+        || (name.matches('/').count() == 1 && name.ends_with(".json"))
+}
+
+/// Walks tar headers from `reader`, validating each, capturing small files.
+/// `total` is the size of the tar stream when known, to catch entries that
+/// claim to run past its end.
+pub(crate) fn walk<R: Read>(
+    entries: tar::Entries<'_, R>,
+    total: Option<u64>,
+    streaming: bool,
+) -> Result<Toc, ArchiveError> {
+    let mut toc = Toc::default();
+    let mut captured_total = 0u64;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| ArchiveError::Corrupt(format!("bad tar header: {e}")))?;
+        let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let name = normalize(&raw_name)?;
+        let size = entry.size();
+        let offset = entry.raw_file_position();
+        let header_size = entry.header().entry_size().map_err(|e| {
+            ArchiveError::Corrupt(format!("entry {raw_name:?}: bad size field: {e}"))
+        })?;
+        // The tar reader lets a PAX size override the header's; a header
+        // that says otherwise is how parser-confusion attacks smuggle
+        // entries, so it is refused rather than guessed at.
+        if header_size != size && header_size != 0 && header_size != 0o77777777777 {
+            return Err(ArchiveError::Hostile(format!(
+                "entry {raw_name:?}: PAX size {size} disagrees with header size {header_size}"
+            )));
+        }
+        if let Some(total) = total
+            && offset.checked_add(size).is_none_or(|end| end > total)
+        {
+            return Err(ArchiveError::Corrupt(format!(
+                "entry {raw_name:?} ({size} bytes at {offset}) runs past the end of the archive ({total} bytes): truncated?"
+            )));
+        }
+        let et = entry.header().entry_type();
+        let link = || {
+            entry
+                .link_name_bytes()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        let kind = if et.is_file() || et == tar::EntryType::Continuous {
+            EntryKind::File
+        } else if et.is_dir() {
+            EntryKind::Dir
+        } else if et.is_symlink() {
+            EntryKind::Symlink(link())
+        } else if et.is_hard_link() {
+            EntryKind::Hardlink(link())
+        } else {
+            EntryKind::Other
+        };
+        let mut head = None;
+        if kind == EntryKind::File
+            && wants_capture(&name, size)
+            && captured_total + size <= CAPTURE_MAX_TOTAL
+        {
+            let mut buf = Vec::with_capacity(size as usize);
+            entry
+                .read_to_end(&mut buf)
+                .map_err(|e| ArchiveError::Corrupt(format!("entry {raw_name:?}: {e}")))?;
+            if buf.len() as u64 != size {
+                return Err(ArchiveError::Corrupt(format!(
+                    "entry {raw_name:?} is truncated"
+                )));
+            }
+            captured_total += size;
+            toc.capture(name.clone(), Bytes::from(buf));
+        } else if streaming && kind == EntryKind::File && size >= 8 {
+            let mut h = [0u8; 8];
+            entry
+                .read_exact(&mut h)
+                .map_err(|e| ArchiveError::Corrupt(format!("entry {raw_name:?}: {e}")))?;
+            head = Some(h);
+        }
+        if !name.is_empty() {
+            toc.push(Entry {
+                name,
+                kind,
+                size,
+                offset,
+                head,
+            });
+        }
+    }
+    Ok(toc)
+}
+
+/// A blocking `Read + Seek` over a [`Source`], reading windows with range
+/// reads, so the tar reader can skip over entry data without fetching it.
+/// Must run on a blocking thread (it waits on the async source).
+pub(crate) struct RangeReader {
+    source: Arc<dyn Source>,
+    rt: tokio::runtime::Handle,
+    size: u64,
+    pos: u64,
+    window: Bytes,
+    window_start: u64,
+    /// Bytes fetched from the source, for `inspect` and tests.
+    pub fetched: u64,
+}
+
+impl RangeReader {
+    pub fn new(source: Arc<dyn Source>, rt: tokio::runtime::Handle, size: u64) -> RangeReader {
+        RangeReader {
+            source,
+            rt,
+            size,
+            pos: 0,
+            window: Bytes::new(),
+            window_start: 0,
+            fetched: 0,
+        }
+    }
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let in_window = self.pos >= self.window_start
+            && self.pos < self.window_start + self.window.len() as u64;
+        if !in_window {
+            let len = WINDOW.max(buf.len() as u64).min(self.size - self.pos);
+            let source = self.source.clone();
+            let pos = self.pos;
+            let bytes = self
+                .rt
+                .block_on(async move { source.read_range(pos, len).await })
+                .map_err(io::Error::other)?;
+            if bytes.is_empty() {
+                return Ok(0);
+            }
+            self.fetched += bytes.len() as u64;
+            self.window = bytes;
+            self.window_start = self.pos;
+        }
+        let start = (self.pos - self.window_start) as usize;
+        let n = buf.len().min(self.window.len() - start);
+        buf[..n].copy_from_slice(&self.window[start..start + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for RangeReader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.size.checked_add_signed(d),
+        };
+        self.pos =
+            new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        Ok(self.pos)
+    }
+}

@@ -1,0 +1,270 @@
+//! One configured image source: an archive, the tags it is served under,
+//! and its index, kept per version of the archive so a replaced tarball is
+//! re-indexed, never mixed with the old one.
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::archive::{self, Archive, ArchiveError, ArchiveRef, Indexed, Root};
+use crate::config::ImageSpec;
+use crate::image::{Digest, Tag};
+use crate::source::{self, Source, SourceError};
+
+/// Where an archive is: a tar behind a source, or a local directory.
+#[derive(Debug, Clone)]
+pub enum Location {
+    Tar(Arc<dyn Source>),
+    Dir(PathBuf),
+}
+
+impl Location {
+    /// Resolves a configured source. A local path that is a directory is a
+    /// layout folder; anything else goes through [`source::open`].
+    pub fn open(url: &str, base: Option<&std::path::Path>) -> Result<Location, SourceError> {
+        let local = match url.strip_prefix("file://") {
+            Some(p) => Some(PathBuf::from(p)),
+            None if !url.contains("://") => Some(match base {
+                Some(b) => b.join(url),
+                None => PathBuf::from(url),
+            }),
+            None => None,
+        };
+        if let Some(p) = local
+            && p.is_dir()
+        {
+            return Ok(Location::Dir(p));
+        }
+        Ok(Location::Tar(source::open(url, base)?))
+    }
+
+    pub async fn open_archive(&self) -> Result<Archive, ArchiveError> {
+        match self {
+            Location::Tar(s) => Archive::open(s.clone()).await,
+            Location::Dir(p) => Archive::open_dir(p).await,
+        }
+    }
+
+    async fn version(&self) -> Result<String, ArchiveError> {
+        match self {
+            Location::Tar(s) => Ok(s.stat().await?.version),
+            // A layout folder has no single version; its index.json (or
+            // metadata.json) changes whenever what it serves does.
+            Location::Dir(p) => {
+                use std::os::unix::fs::MetadataExt;
+                let mut v = String::new();
+                for f in ["index.json", "metadata.json", "manifest.json", "."] {
+                    if let Ok(m) = tokio::fs::metadata(p.join(f)).await {
+                        v.push_str(&format!(
+                            "{f}:{}.{}-{};",
+                            m.mtime(),
+                            m.mtime_nsec(),
+                            m.len()
+                        ));
+                    }
+                }
+                Ok(v)
+            }
+        }
+    }
+}
+
+/// An indexed archive at one version, with the tags this binding serves.
+#[derive(Debug)]
+pub struct Loaded {
+    pub version: String,
+    pub archive: Archive,
+    pub indexed: Indexed,
+    pub tags: BTreeMap<Tag, Root>,
+    /// Every digest this binding's images reach (manifests, configs,
+    /// layers, and referrers of them).
+    pub digests: HashSet<Digest>,
+    /// Blobs whose bytes were checked against their digest at this version.
+    pub verified: Mutex<HashSet<Digest>>,
+}
+
+/// The last load: the version it was for and its outcome (an error is kept
+/// too, so a broken archive is not re-read on every request).
+type State = Option<(String, Result<Arc<Loaded>, String>)>;
+
+/// A configured image and its current index.
+pub struct Binding {
+    pub spec: ImageSpec,
+    pub location: Location,
+    state: tokio::sync::Mutex<State>,
+}
+
+impl Binding {
+    pub fn new(spec: ImageSpec, location: Location) -> Binding {
+        Binding {
+            spec,
+            location,
+            state: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The index for the archive as it is now: re-indexed when its version
+    /// changed, the cached result (or error) otherwise. One load at a time.
+    pub async fn current(&self) -> Result<Arc<Loaded>, String> {
+        let mut state = self.state.lock().await;
+        let version = match self.location.version().await {
+            Ok(v) => v,
+            Err(e) => return Err(e.to_string()),
+        };
+        if let Some((v, r)) = state.as_ref()
+            && *v == version
+        {
+            return r.clone();
+        }
+        let r = self.load(version.clone()).await;
+        match &r {
+            Ok(l) => tracing::info!(
+                image = %self.spec.name,
+                source = self.spec.source,
+                format = ?l.indexed.format,
+                tags = ?l.tags.keys().map(Tag::as_str).collect::<Vec<_>>(),
+                bytes_read = l.archive.fetched,
+                "indexed"
+            ),
+            Err(e) => {
+                tracing::error!(image = %self.spec.name, source = self.spec.source, "cannot serve: {e}")
+            }
+        }
+        *state = Some((version, r.clone()));
+        r
+    }
+
+    /// The last index, without checking the archive's version.
+    pub async fn last(&self) -> Option<Arc<Loaded>> {
+        match self.state.lock().await.as_ref() {
+            Some((_, Ok(l))) => Some(l.clone()),
+            _ => None,
+        }
+    }
+
+    async fn load(&self, version: String) -> Result<Arc<Loaded>, String> {
+        let archive = self
+            .location
+            .open_archive()
+            .await
+            .map_err(|e| e.to_string())?;
+        let indexed = archive::index(&archive, &self.spec.config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tags = select_tags(&self.spec, &indexed)?;
+        let mut digests: HashSet<Digest> = HashSet::new();
+        let roots: BTreeSet<Digest> = tags.values().flat_map(Root::digests).collect();
+        for img in &indexed.images {
+            if img.root.digests().iter().any(|d| roots.contains(d)) {
+                digests.extend(img.digests.iter().copied());
+            }
+        }
+        // Referrers (signatures, SBOMs) of served manifests are served too.
+        let subjects: Vec<Digest> = digests.iter().copied().collect();
+        for s in subjects {
+            for r in indexed.referrers.get(&s).into_iter().flatten() {
+                if let Some(d) = r["digest"].as_str().and_then(|d| d.parse().ok()) {
+                    let reach = indexed
+                        .images
+                        .iter()
+                        .find(|i| i.root.digests().contains(&d));
+                    digests.insert(d);
+                    if let Some(i) = reach {
+                        digests.extend(i.digests.iter().copied());
+                    }
+                }
+            }
+        }
+        Ok(Arc::new(Loaded {
+            version,
+            archive,
+            indexed,
+            tags,
+            digests,
+            verified: Mutex::new(HashSet::new()),
+        }))
+    }
+}
+
+fn matches(r: &ArchiveRef, want: &ArchiveRef) -> bool {
+    match (&want.name, &r.name) {
+        (Some(wn), Some(rn)) => wn == rn && (want.tag.is_none() || want.tag == r.tag),
+        (Some(_), None) => false,
+        (None, _) => want.tag.is_some() && want.tag == r.tag,
+    }
+}
+
+/// Which tag serves which image, from the spec and the archive.
+fn select_tags(spec: &ImageSpec, ix: &Indexed) -> Result<BTreeMap<Tag, Root>, String> {
+    let images: Vec<_> = match &spec.select {
+        Some(sel) => {
+            let want = ArchiveRef::parse(sel)
+                .ok_or_else(|| format!("select = {sel:?} is not a valid image reference"))?;
+            let found: Vec<_> = ix
+                .images
+                .iter()
+                .filter(|i| i.refs.iter().any(|r| matches(r, &want)))
+                .collect();
+            if found.is_empty() {
+                let known: Vec<String> = ix
+                    .images
+                    .iter()
+                    .flat_map(|i| i.refs.iter().map(|r| r.to_string()))
+                    .collect();
+                return Err(format!(
+                    "select = {sel:?} matches no image in the archive (it has: {})",
+                    known.join(", ")
+                ));
+            }
+            found.into_iter().take(1).collect()
+        }
+        None => ix.images.iter().collect(),
+    };
+    let mut tags = BTreeMap::new();
+    if let Some(want) = &spec.tags {
+        if images.len() != 1 {
+            return Err(format!(
+                "the archive holds {} images; choose one with `select`",
+                images.len()
+            ));
+        }
+        for t in want {
+            tags.insert(t.clone(), images[0].root.clone());
+        }
+        return Ok(tags);
+    }
+    let mut untagged = Vec::new();
+    for img in &images {
+        let mut any = false;
+        for r in &img.refs {
+            if let Some(only) = &spec.only_name
+                && r.name.as_ref() != Some(only)
+            {
+                continue;
+            }
+            if let Some(t) = &r.tag {
+                any = true;
+                if tags.contains_key(t) {
+                    tracing::warn!(image = %spec.name, tag = %t, "tag recorded twice in the archive; serving the first");
+                } else {
+                    tags.insert(t.clone(), img.root.clone());
+                }
+            }
+        }
+        if !any && spec.only_name.is_none() {
+            untagged.push(img);
+        }
+    }
+    if tags.is_empty() {
+        match untagged.first() {
+            Some(img) => {
+                if untagged.len() > 1 {
+                    tracing::warn!(image = %spec.name, "the archive holds several untagged images; `latest` serves the first");
+                }
+                let latest: Tag = "latest".parse().map_err(|e| format!("{e}"))?;
+                tags.insert(latest, img.root.clone());
+            }
+            None => return Err("the archive records no tag for this name; set `tags`".into()),
+        }
+    }
+    Ok(tags)
+}
