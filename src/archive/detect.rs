@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::toc::{Entry, EntryKind, Toc};
+use super::toc::{Entry, EntryKind, Meta, Toc};
 use super::{Archive, ArchiveError, docker, oci, rootfs};
 use crate::image::{Digest, ImageConfig, RepoName, Tag, split_image_ref};
 
@@ -39,6 +39,8 @@ pub enum BlobAt {
     Whole,
     /// Generated or already read and verified.
     Memory(Bytes),
+    /// A layer re-packed from a subtree of the archive.
+    Repack(std::sync::Arc<super::repack::Repack>),
 }
 
 #[derive(Clone, Debug)]
@@ -202,6 +204,12 @@ pub(crate) fn walk_dir(root: &Path) -> Result<(Toc, String), ArchiveError> {
                 size: if meta.is_file() { meta.len() } else { 0 },
                 offset: 0,
                 head: None,
+                meta: Meta {
+                    mode: meta.mode() & 0o7777,
+                    uid: meta.uid().into(),
+                    gid: meta.gid().into(),
+                    mtime: meta.mtime().max(0) as u64,
+                },
             });
         }
     }
@@ -210,7 +218,10 @@ pub(crate) fn walk_dir(root: &Path) -> Result<(Toc, String), ArchiveError> {
 
 /// Decides the format from the TOC and builds what it serves.
 /// `config` is the image config override for formats that synthesize one.
-pub async fn index(archive: &Archive, config: &ImageConfig) -> Result<Indexed, ArchiveError> {
+pub async fn index(
+    archive: &std::sync::Arc<Archive>,
+    config: &ImageConfig,
+) -> Result<Indexed, ArchiveError> {
     let toc = &archive.toc;
     let has = |n: &str| toc.get(n).is_some();
     if has("oci-layout") && has("index.json") {

@@ -9,6 +9,7 @@
 mod detect;
 pub mod docker;
 pub mod oci;
+pub mod repack;
 pub mod rootfs;
 pub mod toc;
 
@@ -22,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 
 pub use detect::{ArchiveRef, Blob, BlobAt, Doc, Format, FoundImage, Indexed, Root, index};
-pub use toc::{Entry, EntryKind, Toc};
+pub use toc::{Entry, EntryKind, Meta, Toc};
 
 use crate::image::{Digest, Hasher};
 use crate::source::{ByteStream, FileSource, Source, SourceError, Stat};

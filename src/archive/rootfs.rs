@@ -11,9 +11,10 @@ use serde::Deserialize;
 use super::detect::{Blob, BlobAt, Doc, Format, FoundImage, Indexed, Root};
 use super::docker::platform;
 use super::toc::Toc;
-use super::{Archive, ArchiveError, Compression, Container, StreamDigests};
+use super::{Archive, ArchiveError, Compression, Container, StreamDigests, repack};
 use crate::image::build::{self, Layer, LayerKind};
 use crate::image::{Digest, ImageConfig, media};
+use std::sync::Arc;
 
 /// Member names a Concourse resource uses for a packed rootfs.
 const CONCOURSE_LAYERS: [&str; 4] = [
@@ -89,7 +90,7 @@ struct Metadata {
 }
 
 pub async fn index_concourse(
-    archive: &Archive,
+    archive: &Arc<Archive>,
     config: &ImageConfig,
 ) -> Result<Indexed, ArchiveError> {
     let raw = archive.read_member("metadata.json").await?;
@@ -100,16 +101,28 @@ pub async fn index_concourse(
         user: meta.user,
         ..Default::default()
     };
-    let Some(name) = concourse_layer(&archive.toc) else {
-        return Err(ArchiveError::Format(
-            "Concourse resources with an unpacked rootfs/ folder are not supported yet; pack it as rootfs.tgz".into(),
-        ));
+    let (compression, digests, at) = match concourse_layer(&archive.toc) {
+        Some(name) => {
+            let entry = archive.member(name)?;
+            let head = archive.member_head(entry).await?;
+            let compression = Compression::sniff(&head);
+            let s = archive.member_stream(entry, 0, entry.size).await?;
+            let digests = Archive::hash_stream(s, compression).await?;
+            (compression, digests, BlobAt::Member(entry.name.clone()))
+        }
+        None => {
+            // An unpacked rootfs/ tree: re-pack it as a layer, read once to
+            // learn its digest.
+            let r = Arc::new(repack::repack(&archive.toc, "rootfs/")?);
+            let digests = Archive::hash_stream(archive.repack_stream(&r), None).await?;
+            if digests.stored.1 != r.size {
+                return Err(ArchiveError::Corrupt(
+                    "re-packed rootfs/ changed size while reading".into(),
+                ));
+            }
+            (None, digests, BlobAt::Repack(r))
+        }
     };
-    let entry = archive.member(name)?;
-    let head = archive.member_head(entry).await?;
-    let compression = Compression::sniff(&head);
-    let s = archive.member_stream(entry, 0, entry.size).await?;
-    let digests = Archive::hash_stream(s, compression).await?;
     let mut ix = Indexed {
         format: Some(Format::Concourse),
         ..Default::default()
@@ -118,7 +131,7 @@ pub async fn index_concourse(
         &mut ix,
         kind_of(compression),
         digests,
-        BlobAt::Member(entry.name.clone()),
+        at,
         config,
         &base,
         "cartorio: concourse image resource",

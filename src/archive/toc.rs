@@ -43,6 +43,17 @@ pub struct Entry {
     /// The first bytes of the data, when the walk read them anyway (a
     /// streaming pass), so layers can be sniffed without another pass.
     pub head: Option<[u8; 8]>,
+    /// Ownership, permissions and time, for re-packing a subtree as a layer.
+    pub meta: Meta,
+}
+
+/// The metadata of an entry that a re-packed layer keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: u64,
 }
 
 /// Names and places of every entry, plus the bytes of the small files that
@@ -203,6 +214,13 @@ pub(crate) fn walk<R: Read>(
         } else {
             EntryKind::Other
         };
+        let h = entry.header();
+        let meta = Meta {
+            mode: h.mode().unwrap_or(0o644),
+            uid: h.uid().unwrap_or(0),
+            gid: h.gid().unwrap_or(0),
+            mtime: h.mtime().unwrap_or(0),
+        };
         let mut head = None;
         if kind == EntryKind::File
             && wants_capture(&name, size)
@@ -233,6 +251,7 @@ pub(crate) fn walk<R: Read>(
                 size,
                 offset,
                 head,
+                meta,
             });
         }
     }

@@ -37,11 +37,11 @@ impl Location {
         Ok(Location::Tar(source::open(url, base)?))
     }
 
-    pub async fn open_archive(&self) -> Result<Archive, ArchiveError> {
-        match self {
-            Location::Tar(s) => Archive::open(s.clone()).await,
-            Location::Dir(p) => Archive::open_dir(p).await,
-        }
+    pub async fn open_archive(&self) -> Result<Arc<Archive>, ArchiveError> {
+        Ok(Arc::new(match self {
+            Location::Tar(s) => Archive::open(s.clone()).await?,
+            Location::Dir(p) => Archive::open_dir(p).await?,
+        }))
     }
 
     async fn version(&self) -> Result<String, ArchiveError> {
@@ -72,7 +72,7 @@ impl Location {
 #[derive(Debug)]
 pub struct Loaded {
     pub version: String,
-    pub archive: Archive,
+    pub archive: Arc<Archive>,
     pub indexed: Indexed,
     pub tags: BTreeMap<Tag, Root>,
     /// Every digest this binding's images reach (manifests, configs,

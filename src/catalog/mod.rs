@@ -293,6 +293,7 @@ impl Images for Catalog {
                 archive.member_stream(e, 0, size).await.map_err(src)?
             }
             BlobAt::Whole => archive.whole_stream(0, size).await.map_err(src)?,
+            BlobAt::Repack(r) => archive.repack_stream(&r),
         };
         let mark = loaded.clone();
         let d = *digest;
