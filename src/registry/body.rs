@@ -85,3 +85,37 @@ impl Stream for ExactLength {
         Poll::Ready(Some(result.map(Frame::data)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::stream;
+
+    use super::*;
+
+    async fn collect(chunks: Vec<io::Result<&'static [u8]>>, len: u64) -> io::Result<Bytes> {
+        let items: Vec<io::Result<Bytes>> = chunks
+            .into_iter()
+            .map(|c| c.map(Bytes::from_static))
+            .collect();
+        let body = streaming(Box::pin(stream::iter(items)), len);
+        body.collect().await.map(|c| c.to_bytes())
+    }
+
+    #[tokio::test]
+    async fn exact_length_passes() {
+        let got = collect(vec![Ok(b"ab"), Ok(b"cd")], 4).await;
+        assert_eq!(got.ok(), Some(Bytes::from_static(b"abcd")));
+        assert_eq!(collect(vec![], 0).await.ok(), Some(Bytes::new()));
+    }
+
+    #[tokio::test]
+    async fn short_long_or_failing_streams_fail_the_body() {
+        assert!(collect(vec![Ok(b"ab")], 3).await.is_err());
+        assert!(collect(vec![Ok(b"ab"), Ok(b"cd")], 3).await.is_err());
+        assert!(
+            collect(vec![Ok(b"ab"), Err(io::Error::other("bad"))], 2)
+                .await
+                .is_err()
+        );
+    }
+}

@@ -15,3 +15,6 @@ mod server;
 pub use body::ResponseBody;
 pub use router::handle;
 pub use server::{DRAIN_TIMEOUT, serve};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! The socket path: `serve` on a real port, spoken to in raw HTTP/1.1.
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::fake::{BLOB, Fake, LIAR_GOOD, LIAR_SIZE, MANIFEST, blob_digest, liar_digest};
+use crate::registry::serve;
+
+/// Status code, lower-cased headers and the body of one response read off
+/// a keep-alive connection. The body is read up to Content-Length or until
+/// the connection ends, whichever is first.
+async fn read_response(
+    reader: &mut BufReader<TcpStream>,
+    head: bool,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut status_line = String::new();
+    reader
+        .read_line(&mut status_line)
+        .await
+        .expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status code in {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.expect("header line");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("content-length");
+    let mut body = Vec::new();
+    if !head {
+        let mut limited = reader.take(len as u64);
+        // A cut connection shows up as EOF or a reset; either way the
+        // body is whatever arrived.
+        let _ = limited.read_to_end(&mut body).await;
+    }
+    (status, headers, body)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn serves_http1_over_a_socket_and_cuts_bad_bodies() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, Arc::new(Fake::default()), async {
+        let _ = stopped.await;
+    }));
+
+    // Several requests on one keep-alive connection.
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let mut conn = BufReader::new(stream);
+    let requests = format!(
+        "HEAD /v2/library/app/manifests/latest HTTP/1.1\r\nHost: t\r\n\r\n\
+         GET /v2/library/app/blobs/{} HTTP/1.1\r\nHost: t\r\nRange: bytes=2-5\r\n\r\n\
+         PUT /v2/library/app/manifests/latest HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        blob_digest()
+    );
+    conn.get_mut()
+        .write_all(requests.as_bytes())
+        .await
+        .expect("write");
+
+    let (status, headers, _) = read_response(&mut conn, true).await;
+    assert_eq!(status, 200);
+    let manifest_len = MANIFEST.len().to_string();
+    assert_eq!(
+        header(&headers, "content-length"),
+        Some(manifest_len.as_str())
+    );
+    assert_eq!(
+        header(&headers, "docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+
+    let (status, headers, body) = read_response(&mut conn, false).await;
+    assert_eq!(status, 206);
+    assert_eq!(header(&headers, "content-range"), Some("bytes 2-5/26"));
+    assert_eq!(body, &BLOB[2..=5]);
+
+    let (status, headers, body) = read_response(&mut conn, false).await;
+    assert_eq!(status, 405);
+    assert_eq!(header(&headers, "allow"), Some("GET, HEAD"));
+    assert!(String::from_utf8_lossy(&body).contains("UNSUPPORTED"));
+
+    // A blob whose stream fails: the promised length never arrives and
+    // the connection is closed.
+    let request = format!(
+        "GET /v2/library/app/blobs/{} HTTP/1.1\r\nHost: t\r\n\r\n",
+        liar_digest()
+    );
+    conn.get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .expect("write");
+    let (status, headers, body) =
+        tokio::time::timeout(Duration::from_secs(10), read_response(&mut conn, false))
+            .await
+            .expect("the cut connection ends instead of hanging");
+    assert_eq!(status, 200);
+    let liar_len = LIAR_SIZE.to_string();
+    assert_eq!(header(&headers, "content-length"), Some(liar_len.as_str()));
+    assert!(body.len() < LIAR_SIZE, "got {} bytes", body.len());
+    assert!(body.len() <= LIAR_GOOD);
+
+    // Shutdown ends `serve` and stops accepting.
+    drop(conn);
+    let _ = stop.send(());
+    let result = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns after shutdown")
+        .expect("serve task");
+    assert!(result.is_ok());
+    assert!(TcpStream::connect(addr).await.is_err());
+}
