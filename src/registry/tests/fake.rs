@@ -27,6 +27,11 @@ pub fn blob_digest() -> Digest {
 pub fn empty_digest() -> Digest {
     Digest::of(b"")
 }
+/// A good blob whose stream takes a while, to catch requests in flight.
+pub const SLOW: &[u8] = b"slow and steady wins the race";
+pub fn slow_digest() -> Digest {
+    Digest::of(SLOW)
+}
 pub fn liar_digest() -> Digest {
     Digest::of(b"the liar's real content")
 }
@@ -68,6 +73,8 @@ impl Fake {
     fn blob_bytes(digest: &Digest) -> Option<&'static [u8]> {
         if *digest == blob_digest() {
             Some(BLOB)
+        } else if *digest == slow_digest() {
+            Some(SLOW)
         } else if *digest == empty_digest() {
             Some(b"")
         } else {
@@ -145,6 +152,13 @@ impl Images for Fake {
             .chunks(7)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
+        if *digest == slow_digest() {
+            let paced = stream::iter(chunks).then(|chunk| async {
+                tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+                chunk
+            });
+            return Ok(Box::pin(paced));
+        }
         Ok(Box::pin(stream::iter(chunks)))
     }
 

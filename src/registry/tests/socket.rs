@@ -5,7 +5,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::fake::{BLOB, Fake, LIAR_GOOD, LIAR_SIZE, MANIFEST, blob_digest, liar_digest};
+use super::fake::{
+    BLOB, Fake, LIAR_GOOD, LIAR_SIZE, MANIFEST, SLOW, blob_digest, liar_digest, slow_digest,
+};
 use crate::registry::serve;
 
 /// Status code, lower-cased headers and the body of one response read off
@@ -133,4 +135,37 @@ async fn serves_http1_over_a_socket_and_cuts_bad_bodies() {
         .expect("serve task");
     assert!(result.is_ok());
     assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, Arc::new(Fake::default()), async {
+        let _ = stopped.await;
+    }));
+
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let mut conn = BufReader::new(stream);
+    let request = format!(
+        "GET /v2/library/app/blobs/{} HTTP/1.1\r\nHost: t\r\n\r\n",
+        slow_digest()
+    );
+    conn.get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .expect("write");
+    // Wait until the response has started, then ask the server to stop.
+    conn.fill_buf().await.expect("response starts");
+    let _ = stop.send(());
+
+    let (status, _, body) = read_response(&mut conn, false).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, SLOW, "the in-flight body completes");
+    let result = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns once the connection is done")
+        .expect("serve task");
+    assert!(result.is_ok());
 }
