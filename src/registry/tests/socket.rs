@@ -169,3 +169,29 @@ async fn shutdown_lets_in_flight_requests_finish() {
         .expect("serve task");
     assert!(result.is_ok());
 }
+
+#[tokio::test]
+async fn speaks_h2c_with_prior_knowledge() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, Arc::new(Fake::default()), async {
+        let _ = stopped.await;
+    }));
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The HTTP/2 connection preface, then an empty SETTINGS frame.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream.write_all(&hello).await.expect("write");
+    // The server's first frame is its own SETTINGS: a 9-byte header whose
+    // fourth byte is the frame type, 4.
+    let mut frame_header = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut frame_header))
+        .await
+        .expect("the server answers")
+        .expect("a frame header");
+    assert_eq!(frame_header[3], 4, "a SETTINGS frame");
+    drop(stream);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+}
