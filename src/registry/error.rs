@@ -1,0 +1,141 @@
+//! Errors as the OCI Distribution Spec renders them: a status code and a
+//! JSON body `{"errors":[{"code","message","detail"}]}`.
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+use super::body::{self, ResponseBody};
+use crate::catalog::CatalogError;
+
+/// One OCI error, ready to render. Every failure path in the registry ends
+/// as one of these, so the client always gets the spec's error shape.
+#[derive(Debug)]
+pub struct RegistryError {
+    pub status: StatusCode,
+    /// The spec's error code (`NAME_INVALID`, `BLOB_UNKNOWN`, ...), or
+    /// `NOT_FOUND` for paths the API does not have (the spec names no code
+    /// for that; a JSON body still keeps clients' error decoders happy).
+    pub code: &'static str,
+    pub message: String,
+    pub detail: Option<serde_json::Value>,
+}
+
+/// Longest piece of client input echoed back in a message, so a hostile
+/// 60 KiB path does not come back (or go into the log) whole.
+const MAX_ECHO: usize = 200;
+
+/// `s` for a message, cut to a sane length.
+pub fn clip(s: &str) -> String {
+    if s.len() <= MAX_ECHO {
+        return s.to_string();
+    }
+    let mut end = MAX_ECHO;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+impl RegistryError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        RegistryError {
+            status,
+            code,
+            message: message.into(),
+            detail: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    pub fn name_invalid(name: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+            format!("invalid repository name {:?}", clip(name)),
+        )
+    }
+
+    pub fn digest_invalid(digest: &str, why: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            format!("invalid digest {:?}: {why}", clip(digest)),
+        )
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no such endpoint: {}", clip(path)),
+        )
+    }
+
+    /// Any method but GET and HEAD: this registry is read-only.
+    pub fn unsupported(method: &http::Method) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            format!("{method} is not supported: this registry is read-only"),
+        )
+    }
+
+    /// The response, logging the error on the way: 5xx are the operator's
+    /// problem (warn), 4xx the client's (debug).
+    pub fn into_response(self) -> Response<ResponseBody> {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
+        } else {
+            tracing::debug!(status = self.status.as_u16(), code = self.code, message = %self.message, "request refused");
+        }
+        let mut entry = json!({ "code": self.code, "message": self.message });
+        if let Some(detail) = self.detail {
+            entry["detail"] = detail;
+        }
+        let text = json!({ "errors": [entry] }).to_string();
+        let mut resp = Response::new(body::full(text.clone()));
+        *resp.status_mut() = self.status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        resp
+    }
+}
+
+impl From<CatalogError> for RegistryError {
+    fn from(e: CatalogError) -> Self {
+        let message = e.to_string();
+        match e {
+            CatalogError::NameUnknown(name) => {
+                Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message)
+                    .with_detail(json!({ "name": name.as_str() }))
+            }
+            CatalogError::ManifestUnknown(name, reference) => {
+                Self::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message).with_detail(
+                    json!({ "name": name.as_str(), "reference": reference.to_string() }),
+                )
+            }
+            CatalogError::BlobUnknown(name, digest) => {
+                Self::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", message)
+                    .with_detail(json!({ "name": name.as_str(), "digest": digest.to_string() }))
+            }
+            // The spec has no code for server-side failures; UNKNOWN is
+            // what distribution sends.
+            CatalogError::Broken(..) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", message)
+            }
+            // The archive's home failed, not us: a gateway error tells the
+            // operator where to look and lets clients retry.
+            CatalogError::Source(..) => Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),
+        }
+    }
+}

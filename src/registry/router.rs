@@ -1,0 +1,73 @@
+//! The router: one plain async function from request to response, so the
+//! server and the tests drive exactly the same code.
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Body;
+
+use super::body::{self, ResponseBody};
+use super::error::{RegistryError, clip};
+use super::routes::{self, Route};
+use crate::catalog::Images;
+
+/// Answers one request. Never fails: every problem becomes an OCI error
+/// response. The request body is never read (no endpoint takes one).
+pub async fn handle(images: &dyn Images, req: Request<impl Body>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let (parts, _body) = req.into_parts();
+    let mut resp = match route(images, &parts).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    };
+    if parts.method == Method::HEAD {
+        // Keep the headers (Content-Length included), drop any body.
+        *resp.body_mut() = body::empty();
+    }
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    tracing::debug!(
+        method = %parts.method,
+        path = %clip(parts.uri.path()),
+        status = resp.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn route(
+    images: &dyn Images,
+    req: &http::request::Parts,
+) -> Result<Response<ResponseBody>, RegistryError> {
+    // Read-only: no method but GET and HEAD does anything anywhere, so it
+    // is refused before the path is even looked at.
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return Err(RegistryError::unsupported(&req.method));
+    }
+    let path = req.uri.path();
+    let route = Route::parse(path);
+    // Validate the name before anything reaches the catalog.
+    let name = route.name().map(routes::repo_name).transpose()?;
+    match (route, name) {
+        (Route::Base, _) => Ok(routes::base::get()),
+        (Route::Catalog, _) => Ok(routes::catalog::get(images, req).await),
+        (Route::Manifest { reference, .. }, Some(name)) => {
+            routes::manifests::get(images, &name, reference, req).await
+        }
+        (Route::Blob { digest, .. }, Some(name)) => {
+            routes::blobs::get(images, &name, digest, req).await
+        }
+        (Route::Tags { .. }, Some(name)) => routes::tags::get(images, &name, req).await,
+        (Route::Referrers { digest, .. }, Some(name)) => {
+            routes::referrers::get(images, &name, digest, req).await
+        }
+        (Route::Upload { .. }, Some(_)) => Err(RegistryError::new(
+            StatusCode::NOT_FOUND,
+            "BLOB_UPLOAD_UNKNOWN",
+            "this registry is read-only and has no uploads",
+        )),
+        _ => Err(RegistryError::not_found(path)),
+    }
+}
