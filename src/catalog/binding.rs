@@ -3,7 +3,8 @@
 //! re-indexed, never mixed with the old one.
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::archive::{self, Archive, ArchiveError, ArchiveRef, Indexed, Root};
 use crate::config::ImageSpec;
@@ -82,15 +83,27 @@ pub struct Loaded {
     pub verified: Mutex<HashSet<Digest>>,
 }
 
-/// The last load: the version it was for and its outcome (an error is kept
-/// too, so a broken archive is not re-read on every request).
-type State = Option<(String, Result<Arc<Loaded>, String>)>;
+/// How long a checked version is trusted before the source is asked again.
+/// Keeps a busy tag from costing a stat per request while a replaced
+/// archive is still noticed within a second.
+const REVALIDATE: Duration = Duration::from_secs(1);
+
+/// The last load: the version it was for, when that was last confirmed,
+/// and its outcome (an error is kept too, so a broken archive is not
+/// re-read on every request).
+struct Snapshot {
+    version: String,
+    checked: Instant,
+    result: Result<Arc<Loaded>, String>,
+}
 
 /// A configured image and its current index.
 pub struct Binding {
     pub spec: ImageSpec,
     pub location: Location,
-    state: tokio::sync::Mutex<State>,
+    snapshot: RwLock<Option<Arc<Snapshot>>>,
+    /// One revalidation or load at a time.
+    loading: tokio::sync::Mutex<()>,
 }
 
 impl Binding {
@@ -98,22 +111,50 @@ impl Binding {
         Binding {
             spec,
             location,
-            state: tokio::sync::Mutex::new(None),
+            snapshot: RwLock::new(None),
+            loading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn fresh(&self) -> Option<Arc<Snapshot>> {
+        let s = self.snapshot.read().ok()?.clone()?;
+        (s.checked.elapsed() < REVALIDATE).then_some(s)
+    }
+
+    fn store(&self, s: Snapshot) {
+        if let Ok(mut g) = self.snapshot.write() {
+            *g = Some(Arc::new(s));
         }
     }
 
     /// The index for the archive as it is now: re-indexed when its version
-    /// changed, the cached result (or error) otherwise. One load at a time.
+    /// changed, the cached result (or error) otherwise.
     pub async fn current(&self) -> Result<Arc<Loaded>, String> {
-        let mut state = self.state.lock().await;
+        if let Some(s) = self.fresh() {
+            return s.result.clone();
+        }
+        let _one = self.loading.lock().await;
+        if let Some(s) = self.fresh() {
+            return s.result.clone();
+        }
         let version = match self.location.version().await {
             Ok(v) => v,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => {
+                let e = e.to_string();
+                tracing::warn!(image = %self.spec.name, "source unavailable: {e}");
+                return Err(e);
+            }
         };
-        if let Some((v, r)) = state.as_ref()
-            && *v == version
+        let previous = self.snapshot.read().ok().and_then(|g| g.clone());
+        if let Some(p) = previous
+            && p.version == version
         {
-            return r.clone();
+            self.store(Snapshot {
+                version,
+                checked: Instant::now(),
+                result: p.result.clone(),
+            });
+            return p.result.clone();
         }
         let r = self.load(version.clone()).await;
         match &r {
@@ -129,16 +170,18 @@ impl Binding {
                 tracing::error!(image = %self.spec.name, source = self.spec.source, "cannot serve: {e}")
             }
         }
-        *state = Some((version, r.clone()));
+        self.store(Snapshot {
+            version,
+            checked: Instant::now(),
+            result: r.clone(),
+        });
         r
     }
 
-    /// The last index, without checking the archive's version.
-    pub async fn last(&self) -> Option<Arc<Loaded>> {
-        match self.state.lock().await.as_ref() {
-            Some((_, Ok(l))) => Some(l.clone()),
-            _ => None,
-        }
+    /// The last good index, without checking the archive's version.
+    pub fn last(&self) -> Option<Arc<Loaded>> {
+        let s = self.snapshot.read().ok()?.clone()?;
+        s.result.as_ref().ok().cloned()
     }
 
     async fn load(&self, version: String) -> Result<Arc<Loaded>, String> {

@@ -149,12 +149,10 @@ impl Catalog {
         digest: &Digest,
     ) -> Result<Option<Arc<Loaded>>, CatalogError> {
         for b in self.repo(repo)? {
-            let loaded = match b.last().await {
-                Some(l) => l,
-                None => match b.current().await {
-                    Ok(l) => l,
-                    Err(_) => continue,
-                },
+            // A source that fails now may still have a good index from
+            // before; its blobs are verified as they stream anyway.
+            let Some(loaded) = b.current().await.ok().or_else(|| b.last()) else {
+                continue;
             };
             if loaded.digests.contains(digest) {
                 return Ok(Some(loaded));
