@@ -83,6 +83,20 @@ pub struct Loaded {
     pub verified: Mutex<HashSet<Digest>>,
 }
 
+/// Why a binding has no index: its archive is gone (`missing`, answered
+/// as unknown), or it cannot be read or parsed (answered as an error).
+#[derive(Clone, Debug)]
+pub struct LoadError {
+    pub missing: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// How long a checked version is trusted before the source is asked again.
 /// Keeps a busy tag from costing a stat per request while a replaced
 /// archive is still noticed within a second.
@@ -94,7 +108,7 @@ const REVALIDATE: Duration = Duration::from_secs(1);
 struct Snapshot {
     version: String,
     checked: Instant,
-    result: Result<Arc<Loaded>, String>,
+    result: Result<Arc<Loaded>, LoadError>,
 }
 
 /// A configured image and its current index.
@@ -129,7 +143,7 @@ impl Binding {
 
     /// The index for the archive as it is now: re-indexed when its version
     /// changed, the cached result (or error) otherwise.
-    pub async fn current(&self) -> Result<Arc<Loaded>, String> {
+    pub async fn current(&self) -> Result<Arc<Loaded>, LoadError> {
         if let Some(s) = self.fresh() {
             return s.result.clone();
         }
@@ -140,9 +154,11 @@ impl Binding {
         let version = match self.location.version().await {
             Ok(v) => v,
             Err(e) => {
-                let e = e.to_string();
                 tracing::warn!(image = %self.spec.name, "source unavailable: {e}");
-                return Err(e);
+                return Err(LoadError {
+                    missing: matches!(e, ArchiveError::Source(SourceError::NotFound { .. })),
+                    message: e.to_string(),
+                });
             }
         };
         let previous = self.snapshot.read().ok().and_then(|g| g.clone());
@@ -156,7 +172,13 @@ impl Binding {
             });
             return p.result.clone();
         }
-        let r = self.load(version.clone()).await;
+        let r = self
+            .load(version.clone())
+            .await
+            .map_err(|message| LoadError {
+                missing: false,
+                message,
+            });
         match &r {
             Ok(l) => tracing::info!(
                 image = %self.spec.name,

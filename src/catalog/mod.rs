@@ -86,7 +86,7 @@ pub trait Images: Send + Sync + 'static {
 mod binding;
 mod verify;
 
-pub use binding::{Binding, Loaded, Location};
+pub use binding::{Binding, LoadError, Loaded, Location};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -203,7 +203,8 @@ impl Images for Catalog {
                                 break;
                             }
                         }
-                        Err(e) => broken = Some((b.spec.source.clone(), e)),
+                        Err(e) if e.missing => {}
+                        Err(e) => broken = Some((b.spec.source.clone(), e.message)),
                     }
                 }
                 match (hit, broken) {

@@ -158,6 +158,11 @@ pub fn split_image_ref(s: &str) -> Option<(RepoName, Option<Tag>)> {
         _ => (s, None),
     };
     let path = match path.split_once('/') {
+        // Docker Hub's official images are `docker.io/library/NAME`; the
+        // name people pull them by is `NAME`.
+        Some(("docker.io" | "index.docker.io", rest)) => {
+            rest.strip_prefix("library/").unwrap_or(rest)
+        }
         Some((host, rest)) if host.contains('.') || host.contains(':') || host == "localhost" => {
             rest
         }
