@@ -222,10 +222,11 @@ mod tests {
     #[test]
     fn image_refs_drop_the_registry_host() {
         let (n, t) = split_image_ref("docker.io/library/busybox:1.36").unwrap();
-        assert_eq!(
-            (n.as_str(), t.unwrap().as_str()),
-            ("library/busybox", "1.36")
-        );
+        assert_eq!((n.as_str(), t.unwrap().as_str()), ("busybox", "1.36"));
+        let (n, _) = split_image_ref("docker.io/team/app:1").unwrap();
+        assert_eq!(n.as_str(), "team/app");
+        let (n, _) = split_image_ref("quay.io/library/x").unwrap();
+        assert_eq!(n.as_str(), "library/x");
         let (n, t) = split_image_ref("localhost/app:v1").unwrap();
         assert_eq!((n.as_str(), t.unwrap().as_str()), ("app", "v1"));
         let (n, t) = split_image_ref("127.0.0.1:5000/a/b").unwrap();
