@@ -12,6 +12,9 @@ pub mod oci;
 pub mod rootfs;
 pub mod toc;
 
+#[cfg(test)]
+mod tests;
+
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
