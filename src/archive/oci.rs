@@ -93,6 +93,8 @@ pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
         format: Some(Format::Oci),
         ..Default::default()
     };
+    // Why the first entry was skipped: the error when none is usable.
+    let mut skipped = None;
     for (i, v) in list.iter().enumerate() {
         let d = desc(v)?;
         let mut w = Walk::default();
@@ -102,6 +104,9 @@ pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
                 "index.json entry {i} ({}) skipped: {e}",
                 d.digest
             );
+            skipped.get_or_insert_with(|| {
+                ArchiveError::Format(format!("index.json entry {i} ({}): {e}", d.digest))
+            });
             continue;
         }
         let ann = &v["annotations"];
@@ -117,6 +122,11 @@ pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
             platforms: w.platforms,
             layers: w.layers,
         });
+    }
+    if ix.images.is_empty()
+        && let Some(e) = skipped
+    {
+        return Err(e);
     }
     Ok(ix)
 }

@@ -1003,6 +1003,60 @@ async fn oci_index_child_missing_is_skipped_and_index_still_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_blob_size_mismatch_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let good = l.image("amd64", &layer_tar(&[("good", b"1")]));
+    let bad_layer = layer_tar(&[("bad", b"2")]);
+    let n = bad_layer.len() as u64;
+    let bad = l.image_with("amd64", &bad_layer, |m| {
+        m["layers"][0]["size"] = json!(n + 1)
+    });
+    let mut both = l.clone();
+    both.index_json(vec![named(good.clone(), "v1"), named(bad.clone(), "v2")]);
+    let a = open(tmp.path(), "both.tar", &both.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.images.len(), 1, "the bad image is skipped");
+    assert_eq!(refs(&ix, 0), [":v1"]);
+    assert!(!ix.docs.contains_key(&digest_of(&bad)));
+
+    let mut only = l.clone();
+    only.index_json(vec![named(bad, "v2")]);
+    let a = open(tmp.path(), "only.tar", &only.tar()).await.unwrap();
+    let text = index_default(&a).await.unwrap_err().to_string();
+    assert!(
+        text.contains(&format!("is {n} bytes but its descriptor says {}", n + 1)),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_manifest_not_matching_its_digest_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let good = l.image("amd64", &layer_tar(&[("good", b"1")]));
+    let bad = l.image("arm64", &layer_tar(&[("bad", b"2")]));
+    // Same size, different bytes.
+    let bd = digest_of(&bad);
+    let stored = l.files.get_mut(&blob_path(&bd)).unwrap();
+    let i = stored.iter().position(|&b| b == b' ').unwrap();
+    stored[i] = b'\t';
+    let mut both = l.clone();
+    both.index_json(vec![named(good, "v1"), named(bad.clone(), "v2")]);
+    let a = open(tmp.path(), "both.tar", &both.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.images.len(), 1);
+    assert_eq!(refs(&ix, 0), [":v1"]);
+    assert!(!ix.docs.contains_key(&bd));
+
+    let mut only = l.clone();
+    only.index_json(vec![named(bad, "v2")]);
+    let a = open(tmp.path(), "only.tar", &only.tar()).await.unwrap();
+    let text = index_default(&a).await.unwrap_err().to_string();
+    assert!(text.contains(&format!("blob {bd} has digest")), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_manifest_with_subject_is_a_referrer() {
     let tmp = tempfile::tempdir().unwrap();
     let mut l = Layout::default();
