@@ -161,9 +161,16 @@ async fn walk(
         for c in children {
             let cd = desc(c)?;
             // Exports of one platform keep the full index; serve it and
-            // the children that are there.
-            match Box::pin(walk(archive, &cd, c, depth + 1, ix, w)).await {
-                Ok(()) => present += 1,
+            // the children that are there. A child that fails part way
+            // adds nothing to what the image lists.
+            let mut cw = Walk::default();
+            match Box::pin(walk(archive, &cd, c, depth + 1, ix, &mut cw)).await {
+                Ok(()) => {
+                    present += 1;
+                    w.digests.extend(cw.digests);
+                    w.platforms.extend(cw.platforms);
+                    w.layers.extend(cw.layers);
+                }
                 Err(e) => tracing::debug!(
                     archive = archive.describe(),
                     "index child {} not served: {e}",

@@ -1003,6 +1003,32 @@ async fn oci_index_child_missing_is_skipped_and_index_still_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_index_child_with_missing_layer_is_not_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let amd_layer = layer_tar(&[("arch", b"amd64")]);
+    let arm_layer = layer_tar(&[("arch", b"arm64")]);
+    let amd = l.image("amd64", &amd_layer);
+    let arm = l.image("arm64", &arm_layer);
+    let nested = l.nested_index(vec![amd, arm.clone()]);
+    l.index_json(vec![named(nested, "v1")]);
+    l.files.remove(&blob_path(&Digest::of(&arm_layer))).unwrap();
+    let armv: Value = serde_json::from_slice(&l.files[&blob_path(&digest_of(&arm))]).unwrap();
+    let arm_config: Digest = armv["config"]["digest"].as_str().unwrap().parse().unwrap();
+    let a = open(tmp.path(), "t.tar", &l.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    let img = &ix.images[0];
+    // Only what is served is listed: not the platform whose layer is gone.
+    assert_eq!(img.platforms, ["linux/amd64"]);
+    assert_eq!(
+        img.layers,
+        [(Digest::of(&amd_layer), amd_layer.len() as u64)]
+    );
+    assert!(!img.digests.contains(&arm_config));
+    assert!(!img.digests.contains(&digest_of(&arm)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_blob_size_mismatch_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let mut l = Layout::default();
