@@ -241,7 +241,11 @@ async fn walk(
         if let Some(a) = doc.get("annotations") {
             rd["annotations"] = a.clone();
         }
-        ix.referrers.entry(subject).or_default().push(rd);
+        // A manifest reached twice (under two tags) is one referrer.
+        let list = ix.referrers.entry(subject).or_default();
+        if !list.contains(&rd) {
+            list.push(rd);
+        }
     }
     w.digests.insert(d.digest);
     ix.docs.insert(d.digest, Doc { media_type, bytes });

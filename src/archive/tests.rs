@@ -1121,6 +1121,43 @@ async fn oci_manifest_with_subject_is_a_referrer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_referrer_under_two_tags_is_listed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let img = l.image("amd64", &layer_tar(&[("x", b"y")]));
+    let empty = l.desc("application/vnd.oci.empty.v1+json", b"{}".to_vec());
+    let mut subject = img.clone();
+    subject.as_object_mut().unwrap().remove("platform");
+    let sig = json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": empty,
+        "layers": [],
+        "subject": subject,
+    });
+    let sig = l.desc(
+        media::OCI_MANIFEST,
+        serde_json::to_vec_pretty(&sig).unwrap(),
+    );
+    l.index_json(vec![
+        named(img.clone(), "v1"),
+        named(sig.clone(), "sig"),
+        named(sig.clone(), "sig2"),
+    ]);
+    let a = open(tmp.path(), "t.tar", &l.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    let refs = &ix.referrers[&digest_of(&img)];
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    assert_eq!(refs[0]["digest"], sig["digest"]);
+    assert_eq!(
+        ix.images.len(),
+        3,
+        "the signature is served under both tags"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_index_without_usable_images_falls_back_to_manifest_json() {
     // Some Docker ≥ 25 `docker save` versions write an index.json that
     // misses its manifests; manifest.json still describes the image.
