@@ -341,6 +341,28 @@ async fn directory_symlinks_cannot_point_outside() {
     assert_eq!(&a.read_member("blobs/ok").await.unwrap()[..], b"{}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_entry_of_the_same_name_wins() {
+    // As when the tar is extracted: the last entry of a name is the file,
+    // even when it is too large to be captured during the walk.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut big = b"[".to_vec();
+    big.extend(std::iter::repeat_n(b' ', 2 << 20));
+    big.extend(b"]");
+    let mut t = Tar::new();
+    t.file("manifest.json", b"[]")
+        .file("manifest.json", &big)
+        .file("config.json", b"{}")
+        .dir("config.json")
+        .file("small.json", b"1")
+        .file("small.json", b"2");
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    assert_eq!(a.member("manifest.json").unwrap().size, big.len() as u64);
+    assert_eq!(&a.read_member("manifest.json").await.unwrap()[..], &big[..]);
+    assert!(a.read_member("config.json").await.is_err());
+    assert_eq!(&a.read_member("small.json").await.unwrap()[..], b"2");
+}
+
 // ---------------------------------------------------------------------------
 // 2. Laziness
 

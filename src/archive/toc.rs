@@ -203,6 +203,9 @@ pub(crate) fn walk<R: Read>(
         } else {
             EntryKind::Other
         };
+        // A later entry of the same name replaces an earlier one: so do
+        // its bytes, captured or not.
+        toc.captured.remove(&name);
         let mut head = None;
         if kind == EntryKind::File
             && wants_capture(&name, size)
