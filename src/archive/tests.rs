@@ -456,6 +456,24 @@ async fn pax_size_that_agrees_is_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pax_size_with_a_zero_header_size_is_accepted() {
+    // Go's archive/tar writes 0 in the ustar field when the size only fits
+    // in the PAX record; that is accepted, and the PAX size is used.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tar::new();
+    t.pax(&[("size", b"10")]);
+    let mut h = header(0, tar::EntryType::Regular);
+    h.set_path("go.bin").unwrap();
+    h.set_cksum();
+    t.0.append(&h, &[9u8; 10][..]).unwrap();
+    t.file("after.json", b"{}");
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    assert_eq!(a.member("go.bin").unwrap().size, 10);
+    assert_eq!(member_bytes(&a, "go.bin").await, [9u8; 10]);
+    assert_eq!(member_bytes(&a, "after.json").await, b"{}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_running_past_the_end_is_corrupt() {
     let tmp = tempfile::tempdir().unwrap();
     let mut t = Tar::new();
@@ -758,6 +776,29 @@ async fn docker_archive_gzip_layer_outside_blobs_is_hashed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_without_or_with_invalid_repo_tags() {
+    // `podman save` of an untagged image writes "RepoTags": null; an
+    // invalid tag is skipped, not fatal.
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layer_tar(&[("x", b"y")]);
+    let config = docker_config(&[Digest::of(&l)]);
+    let manifest = json!([
+        { "Config": "c.json", "RepoTags": null, "Layers": ["l.tar"] },
+        { "Config": "c.json", "RepoTags": ["Bad Name:1", "ok:2"], "Layers": ["l.tar"] },
+    ]);
+    let mut t = Tar::new();
+    t.file("l.tar", &l)
+        .file("c.json", &config)
+        .file("manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.images.len(), 2);
+    assert!(ix.images[0].refs.is_empty());
+    assert_eq!(refs(&ix, 1), ["ok:2"]);
+    assert_eq!(ix.images[0].root, ix.images[1].root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_archive_errors_say_what_is_wrong() {
     let tmp = tempfile::tempdir().unwrap();
     let l = layer_tar(&[("x", b"y")]);
@@ -965,6 +1006,24 @@ async fn oci_layout_serves_its_manifests_byte_for_byte() {
         assert_eq!(Digest::of(&blob_bytes(&a, &ix, &cd).await), cd, "{what}");
         assert!(ix.referrers.is_empty(), "{what}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_ref_names_from_podman_and_ctr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let podman = l.image("amd64", &layer_tar(&[("p", b"1")]));
+    let ctr = l.image("amd64", &layer_tar(&[("c", b"2")]));
+    let mut ctr_named = ctr.clone();
+    ctr_named["annotations"] = json!({
+        "io.containerd.image.name": "docker.io/library/app:v3",
+        REF_NAME: "v3",
+    });
+    l.index_json(vec![named(podman, "localhost/app:v2"), ctr_named]);
+    let a = open(tmp.path(), "t.tar", &l.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(refs(&ix, 0), ["app:v2"]);
+    assert_eq!(refs(&ix, 1), ["library/app:v3", ":v3"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
