@@ -13,6 +13,9 @@ pub mod repack;
 pub mod rootfs;
 pub mod toc;
 
+#[cfg(test)]
+mod tests;
+
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -93,6 +93,8 @@ pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
         format: Some(Format::Oci),
         ..Default::default()
     };
+    // Why the first entry was skipped: the error when none is usable.
+    let mut skipped = None;
     for (i, v) in list.iter().enumerate() {
         let d = desc(v)?;
         let mut w = Walk::default();
@@ -102,6 +104,9 @@ pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
                 "index.json entry {i} ({}) skipped: {e}",
                 d.digest
             );
+            skipped.get_or_insert_with(|| {
+                ArchiveError::Format(format!("index.json entry {i} ({}): {e}", d.digest))
+            });
             continue;
         }
         let ann = &v["annotations"];
@@ -117,6 +122,11 @@ pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
             platforms: w.platforms,
             layers: w.layers,
         });
+    }
+    if ix.images.is_empty()
+        && let Some(e) = skipped
+    {
+        return Err(e);
     }
     Ok(ix)
 }
@@ -151,9 +161,16 @@ async fn walk(
         for c in children {
             let cd = desc(c)?;
             // Exports of one platform keep the full index; serve it and
-            // the children that are there.
-            match Box::pin(walk(archive, &cd, c, depth + 1, ix, w)).await {
-                Ok(()) => present += 1,
+            // the children that are there. A child that fails part way
+            // adds nothing to what the image lists.
+            let mut cw = Walk::default();
+            match Box::pin(walk(archive, &cd, c, depth + 1, ix, &mut cw)).await {
+                Ok(()) => {
+                    present += 1;
+                    w.digests.extend(cw.digests);
+                    w.platforms.extend(cw.platforms);
+                    w.layers.extend(cw.layers);
+                }
                 Err(e) => tracing::debug!(
                     archive = archive.describe(),
                     "index child {} not served: {e}",
@@ -224,7 +241,11 @@ async fn walk(
         if let Some(a) = doc.get("annotations") {
             rd["annotations"] = a.clone();
         }
-        ix.referrers.entry(subject).or_default().push(rd);
+        // A manifest reached twice (under two tags) is one referrer.
+        let list = ix.referrers.entry(subject).or_default();
+        if !list.contains(&rd) {
+            list.push(rd);
+        }
     }
     w.digests.insert(d.digest);
     ix.docs.insert(d.digest, Doc { media_type, bytes });

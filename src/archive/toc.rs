@@ -221,6 +221,9 @@ pub(crate) fn walk<R: Read>(
             gid: h.gid().unwrap_or(0),
             mtime: h.mtime().unwrap_or(0),
         };
+        // A later entry of the same name replaces an earlier one: so do
+        // its bytes, captured or not.
+        toc.captured.remove(&name);
         let mut head = None;
         if kind == EntryKind::File
             && wants_capture(&name, size)

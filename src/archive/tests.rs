@@ -1,0 +1,1543 @@
+//! Tests of the archive layer: the lazy TOC walk, hostile inputs, and the
+//! images each format yields. Every input archive is built here, in a temp
+//! dir, the way the real tools lay them out (see `/work/shared/CLIENTS.md`).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use super::{Archive, ArchiveError, BlobAt, EntryKind, Format, Indexed, Root, index};
+use crate::image::{Digest, ImageConfig, media};
+use crate::source::ByteStream;
+
+// ---------------------------------------------------------------------------
+// Building inputs
+
+/// A tar being written in memory.
+struct Tar(tar::Builder<Vec<u8>>);
+
+fn header(size: u64, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_entry_type(kind);
+    h
+}
+
+impl Tar {
+    fn new() -> Tar {
+        Tar(tar::Builder::new(Vec::new()))
+    }
+
+    /// A regular file; names over 100 bytes get a GNU long-name entry.
+    fn file(&mut self, name: &str, data: &[u8]) -> &mut Tar {
+        let mut h = header(data.len() as u64, tar::EntryType::Regular);
+        self.0.append_data(&mut h, name, data).unwrap();
+        self
+    }
+
+    fn dir(&mut self, name: &str) -> &mut Tar {
+        let mut h = header(0, tar::EntryType::Directory);
+        self.0.append_data(&mut h, name, std::io::empty()).unwrap();
+        self
+    }
+
+    fn symlink(&mut self, name: &str, target: &str) -> &mut Tar {
+        let mut h = header(0, tar::EntryType::Symlink);
+        self.0.append_link(&mut h, name, target).unwrap();
+        self
+    }
+
+    fn hardlink(&mut self, name: &str, target: &str) -> &mut Tar {
+        let mut h = header(0, tar::EntryType::Link);
+        self.0.append_link(&mut h, name, target).unwrap();
+        self
+    }
+
+    /// An entry whose name (and link target) bytes are written into the
+    /// header exactly as given: no `./` stripping, no `..` refusal.
+    fn raw(&mut self, name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8]) -> &mut Tar {
+        let mut h = header(data.len() as u64, kind);
+        h.as_mut_bytes()[..name.len()].copy_from_slice(name);
+        h.set_link_name_literal(link).unwrap();
+        h.set_cksum();
+        self.0.append(&h, data).unwrap();
+        self
+    }
+
+    fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Tar {
+        self.0
+            .append_pax_extensions(records.iter().map(|(k, v)| (*k, *v)))
+            .unwrap();
+        self
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+}
+
+/// A small layer tar holding `files`.
+fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut t = Tar::new();
+    for (n, d) in files {
+        t.file(n, d);
+    }
+    t.finish()
+}
+
+async fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = async_compression::tokio::write::GzipEncoder::new(Vec::new());
+    e.write_all(data).await.unwrap();
+    e.shutdown().await.unwrap();
+    e.into_inner()
+}
+
+async fn zstd(data: &[u8]) -> Vec<u8> {
+    let mut e = async_compression::tokio::write::ZstdEncoder::new(Vec::new());
+    e.write_all(data).await.unwrap();
+    e.shutdown().await.unwrap();
+    e.into_inner()
+}
+
+/// Deterministic noise, incompressible enough to look like real content.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+async fn open_path(p: &Path) -> Result<Arc<Archive>, ArchiveError> {
+    let src = crate::source::open(p.to_str().unwrap(), None).unwrap();
+    Archive::open(src).await.map(Arc::new)
+}
+
+async fn open(dir: &Path, name: &str, bytes: &[u8]) -> Result<Arc<Archive>, ArchiveError> {
+    open_path(&write(dir, name, bytes)).await
+}
+
+async fn index_default(a: &Arc<Archive>) -> Result<Indexed, ArchiveError> {
+    index(a, &ImageConfig::default()).await
+}
+
+async fn collect(mut s: ByteStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.unwrap());
+    }
+    out
+}
+
+async fn member_bytes(a: &Archive, name: &str) -> Vec<u8> {
+    let e = a.member(name).unwrap();
+    collect(a.member_stream(e, 0, e.size).await.unwrap()).await
+}
+
+/// The bytes a blob of the index is served from.
+async fn blob_bytes(a: &Arc<Archive>, ix: &Indexed, d: &Digest) -> Vec<u8> {
+    let blob = ix.blobs.get(d).unwrap_or_else(|| panic!("no blob {d}"));
+    let bytes = match &blob.at {
+        BlobAt::Member(n) => member_bytes(a, n).await,
+        BlobAt::Whole => collect(a.whole_stream(0, a.stat.size).await.unwrap()).await,
+        BlobAt::Memory(b) => b.to_vec(),
+        BlobAt::Repack(r) => collect(a.repack_stream(r)).await,
+    };
+    assert_eq!(bytes.len() as u64, blob.size, "blob {d} size");
+    bytes
+}
+
+fn doc(ix: &Indexed, d: &Digest) -> Value {
+    serde_json::from_slice(&ix.docs.get(d).unwrap_or_else(|| panic!("no doc {d}")).bytes).unwrap()
+}
+
+/// The generated (OCI, Docker) manifest digests of an image.
+fn generated(root: &Root) -> (Digest, Option<Digest>) {
+    match root {
+        Root::Generated { oci, docker } => (*oci, *docker),
+        Root::Stored(d) => panic!("expected a generated root, got stored {d}"),
+    }
+}
+
+fn digest_json(d: &Digest) -> Value {
+    json!(d.to_string())
+}
+
+fn refs(ix: &Indexed, i: usize) -> Vec<String> {
+    ix.images[i].refs.iter().map(|r| r.to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------
+// 1. The TOC of a plain tar
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toc_normalizes_names_and_records_data_offsets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = noise(3000, 1);
+    let mut t = Tar::new();
+    t.raw(b"./a/b", tar::EntryType::Regular, b"", b"hello")
+        .raw(b"./d/", tar::EntryType::Directory, b"", b"")
+        .raw(b"./c.json", tar::EntryType::Regular, b"", br#"{"x":1}"#)
+        .raw(b"./", tar::EntryType::Directory, b"", b"")
+        .file("plain.bin", &big);
+    let bytes = t.finish();
+    let a = open(tmp.path(), "t.tar", &bytes).await.unwrap();
+
+    let names: Vec<_> = a.toc.entries().iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["a/b", "d", "c.json", "plain.bin"]);
+    assert_eq!(a.toc.get("d").unwrap().kind, EntryKind::Dir);
+    for (name, want) in [
+        ("a/b", &b"hello"[..]),
+        ("c.json", br#"{"x":1}"#),
+        ("plain.bin", &big),
+    ] {
+        let e = a.member(name).unwrap();
+        assert_eq!(e.size, want.len() as u64);
+        // The offset is where the data really is in the file...
+        let at = e.offset as usize;
+        assert_eq!(&bytes[at..at + want.len()], want, "{name} offset");
+        // ...and member_stream serves exactly those bytes.
+        assert_eq!(member_bytes(&a, name).await, want, "{name}");
+    }
+    // Lookups normalize too, and a range inside a member is served.
+    assert_eq!(&a.read_member("./c.json").await.unwrap()[..], br#"{"x":1}"#);
+    assert_eq!(a.toc.get("/a/b").unwrap().name, "a/b");
+    let e = a.member("plain.bin").unwrap();
+    let part = collect(a.member_stream(e, 1000, 24).await.unwrap()).await;
+    assert_eq!(part, &big[1000..1024]);
+    let err = a.member("nope").unwrap_err().to_string();
+    assert!(err.contains("no file \"nope\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toc_follows_symlinks_and_hardlinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = layer_tar(&[("etc/hostname", b"box\n")]);
+    let diff = Digest::of(&layer).hex();
+    let stored = format!("{diff}.tar");
+    let mut t = Tar::new();
+    t.file(&stored, &layer)
+        .dir("abc")
+        // skopeo's docker-archive: `<id>/layer.tar -> ../<diffid>.tar`
+        .symlink("abc/layer.tar", &format!("../{stored}"))
+        .hardlink("hard.tar", &stored)
+        .symlink("abs", &format!("/{stored}"))
+        .symlink("dir/chain", "../abc/layer.tar")
+        .hardlink("hard-to-link", "./abc/layer.tar")
+        .raw(b"escape", tar::EntryType::Symlink, b"../../etc/passwd", b"")
+        .raw(b"escape2", tar::EntryType::Link, b"../etc/passwd", b"")
+        .symlink("dangling", "nowhere");
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+
+    assert_eq!(
+        a.toc.get("abc/layer.tar").unwrap().kind,
+        EntryKind::File,
+        "a link resolves to its target"
+    );
+    for n in [
+        "abc/layer.tar",
+        "hard.tar",
+        "abs",
+        "dir/chain",
+        "hard-to-link",
+    ] {
+        assert_eq!(a.toc.get(n).unwrap().name, stored, "{n}");
+    }
+    assert_eq!(member_bytes(&a, "abc/layer.tar").await, layer);
+    for n in ["escape", "escape2", "dangling"] {
+        assert!(a.toc.get(n).is_none(), "{n} must not resolve");
+        assert!(a.member(n).is_err(), "{n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toc_link_loops_resolve_to_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tar::new();
+    t.file("target", b"x")
+        .symlink("self", "self")
+        .symlink("a", "b")
+        .symlink("b", "a")
+        .hardlink("h1", "h2")
+        .hardlink("h2", "h1")
+        .symlink("s", "h1");
+    // A long but finite chain, longer than any lookup follows.
+    t.symlink("c0", "target");
+    for i in 1..20 {
+        t.symlink(&format!("c{i}"), &format!("c{}", i - 1));
+    }
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    for n in ["self", "a", "b", "h1", "h2", "s", "c19"] {
+        assert!(a.toc.get(n).is_none(), "{n}");
+    }
+    assert_eq!(a.toc.get("c2").unwrap().name, "target");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toc_reads_gnu_and_pax_long_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gnu_name = format!("{}/gnu.json", "g".repeat(150));
+    let pax_name = format!("{}/pax.bin", "p".repeat(200));
+    let link_target = format!("{}/target", "t".repeat(120));
+    let mut t = Tar::new();
+    t.file(&gnu_name, b"gnu data");
+    // A PAX `path` record overrides a truncated ustar name.
+    t.pax(&[("path", pax_name.as_bytes())]).raw(
+        b"truncated-name",
+        tar::EntryType::Regular,
+        b"",
+        b"pax data",
+    );
+    t.file(&link_target, b"long link data")
+        .symlink("short-link", &link_target);
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    let names: Vec<_> = a.toc.entries().iter().map(|e| e.name.clone()).collect();
+    assert_eq!(
+        names,
+        [
+            gnu_name.clone(),
+            pax_name.clone(),
+            link_target,
+            "short-link".into()
+        ]
+    );
+    assert!(a.toc.get("truncated-name").is_none());
+    assert_eq!(member_bytes(&a, &gnu_name).await, b"gnu data");
+    assert_eq!(member_bytes(&a, &pax_name).await, b"pax data");
+    assert_eq!(member_bytes(&a, "short-link").await, b"long link data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_symlinks_cannot_point_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "outside.json", b"secret");
+    let root = tmp.path().join("layout");
+    std::fs::create_dir_all(root.join("blobs")).unwrap();
+    write(&root, "a.json", b"{}");
+    std::os::unix::fs::symlink("../outside.json", root.join("esc")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("abs")).unwrap();
+    std::os::unix::fs::symlink(tmp.path(), root.join("blobs/up")).unwrap();
+    std::os::unix::fs::symlink("../a.json", root.join("blobs/ok")).unwrap();
+    let a = Archive::open_dir(&root).await.unwrap();
+    for n in ["esc", "abs", "blobs/up/outside.json"] {
+        assert!(a.toc.get(n).is_none(), "{n}");
+        assert!(a.read_member(n).await.is_err(), "{n}");
+    }
+    assert_eq!(&a.read_member("blobs/ok").await.unwrap()[..], b"{}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_entry_of_the_same_name_wins() {
+    // As when the tar is extracted: the last entry of a name is the file,
+    // even when it is too large to be captured during the walk.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut big = b"[".to_vec();
+    big.extend(std::iter::repeat_n(b' ', 2 << 20));
+    big.extend(b"]");
+    let mut t = Tar::new();
+    t.file("manifest.json", b"[]")
+        .file("manifest.json", &big)
+        .file("config.json", b"{}")
+        .dir("config.json")
+        .file("small.json", b"1")
+        .file("small.json", b"2");
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    assert_eq!(a.member("manifest.json").unwrap().size, big.len() as u64);
+    assert_eq!(&a.read_member("manifest.json").await.unwrap()[..], &big[..]);
+    assert!(a.read_member("config.json").await.is_err());
+    assert_eq!(&a.read_member("small.json").await.unwrap()[..], b"2");
+}
+
+// ---------------------------------------------------------------------------
+// 2. Laziness
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tar_toc_reads_headers_not_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = noise(8 << 20, 2);
+    let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let mut t = Tar::new();
+    t.file("layer.tar", &big)
+        .file("config.json", config)
+        .file("manifest.json", b"[]");
+    let bytes = t.finish();
+    let size = bytes.len() as u64;
+    let a = open(tmp.path(), "big.tar", &bytes).await.unwrap();
+    assert_eq!(a.stat.size, size);
+    assert!(
+        a.fetched < size / 4,
+        "fetched {} of {size} bytes to build the TOC",
+        a.fetched
+    );
+    // The small documents after the big entry are there all the same.
+    assert_eq!(&a.read_member("config.json").await.unwrap()[..], config);
+    assert_eq!(a.member("layer.tar").unwrap().size, 8 << 20);
+    assert_eq!(member_bytes(&a, "manifest.json").await, b"[]");
+}
+
+// ---------------------------------------------------------------------------
+// 3. Hostile and broken inputs
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_entry_names_that_climb_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, name) in [&b"../evil"[..], b"a/../../evil", b"ok/.."]
+        .iter()
+        .enumerate()
+    {
+        let mut t = Tar::new();
+        t.file("fine.json", b"{}")
+            .raw(name, tar::EntryType::Regular, b"", b"pwned");
+        let err = open(tmp.path(), &format!("t{i}.tar"), &t.finish())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ArchiveError::Hostile(_)), "{err:?}");
+        let text = err.to_string();
+        let shown = format!("{:?}", String::from_utf8_lossy(name));
+        assert!(
+            text.contains("escapes the archive") && text.contains(&shown),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_names_lose_their_leading_slash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tar::new();
+    t.raw(b"/etc/passwd", tar::EntryType::Regular, b"", b"root:x:0:0")
+        .raw(b"//manifest.json", tar::EntryType::Regular, b"", b"[]");
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    let names: Vec<_> = a.toc.entries().iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["etc/passwd", "manifest.json"]);
+    assert_eq!(member_bytes(&a, "etc/passwd").await, b"root:x:0:0");
+    assert_eq!(&a.read_member("manifest.json").await.unwrap()[..], b"[]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_pax_size_that_disagrees_with_the_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tar::new();
+    t.pax(&[("size", b"5")]).file("smuggle.bin", &[7u8; 10]);
+    t.file("after.json", b"{}");
+    let err = open(tmp.path(), "t.tar", &t.finish()).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::Hostile(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("smuggle.bin") && text.contains("PAX size 5 disagrees with header size 10"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pax_size_that_agrees_is_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tar::new();
+    t.pax(&[("size", b"10")]).file("ok.bin", &[7u8; 10]);
+    t.file("after.json", b"{}");
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    assert_eq!(member_bytes(&a, "ok.bin").await, [7u8; 10]);
+    assert_eq!(member_bytes(&a, "after.json").await, b"{}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pax_size_with_a_zero_header_size_is_accepted() {
+    // Go's archive/tar writes 0 in the ustar field when the size only fits
+    // in the PAX record; that is accepted, and the PAX size is used.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tar::new();
+    t.pax(&[("size", b"10")]);
+    let mut h = header(0, tar::EntryType::Regular);
+    h.set_path("go.bin").unwrap();
+    h.set_cksum();
+    t.0.append(&h, &[9u8; 10][..]).unwrap();
+    t.file("after.json", b"{}");
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    assert_eq!(a.member("go.bin").unwrap().size, 10);
+    assert_eq!(member_bytes(&a, "go.bin").await, [9u8; 10]);
+    assert_eq!(member_bytes(&a, "after.json").await, b"{}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_running_past_the_end_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tar::new();
+    t.file("manifest.json", b"[]")
+        .file("big.bin", &noise(100_000, 3));
+    let mut bytes = t.finish();
+    // manifest.json: header + 1 block; big.bin's header, then 50 000 bytes.
+    bytes.truncate(1024 + 512 + 50_000);
+    let err = open(tmp.path(), "t.tar", &bytes).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::Corrupt(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("big.bin") && text.contains("runs past the end of the archive"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_header_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tar::new();
+    t.file("a.json", b"{}").file("b.json", b"{}");
+    let mut bytes = t.finish();
+    bytes.truncate(1024 + 300);
+    let err = open(tmp.path(), "t.tar", &bytes).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::Corrupt(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("bad tar header"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_empty_files_are_not_archives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut garbage = noise(64 * 1024, 4);
+    garbage[..4].copy_from_slice(b"junk");
+    for (name, bytes) in [
+        ("garbage", garbage),
+        ("empty", Vec::new()),
+        ("short", b"{\"not\":\"a tar\"}".to_vec()),
+    ] {
+        let err = open(tmp.path(), name, &bytes).await.unwrap_err();
+        assert!(matches!(err, ArchiveError::NotAnArchive), "{name}: {err:?}");
+        assert!(err.to_string().contains("not a tar archive"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_header_checksums_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tar::new();
+    t.file("a.json", b"{}").file("b.json", b"{}");
+    let good = t.finish();
+
+    // The first header: not recognized as a tar at all.
+    let mut first = good.clone();
+    first[0] ^= 0x01;
+    let err = open(tmp.path(), "first.tar", &first).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::NotAnArchive), "{err:?}");
+
+    // A later header: corrupt, saying why.
+    let mut second = good.clone();
+    second[1024 + 1] ^= 0x01;
+    let err = open(tmp.path(), "second.tar", &second).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::Corrupt(_)), "{err:?}");
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_compressed_archive_is_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tar::new();
+    t.file("manifest.json", b"[]")
+        .file("big.bin", &noise(200_000, 5));
+    let tar = t.finish();
+    for (name, mut c) in [
+        ("t.tar.gz", gzip(&tar).await),
+        ("t.tar.zst", zstd(&tar).await),
+    ] {
+        c.truncate(c.len() / 2);
+        let err = open(tmp.path(), name, &c).await.unwrap_err();
+        assert!(matches!(err, ArchiveError::Corrupt(_)), "{name}: {err:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 4. Legacy `docker save` archives
+
+fn docker_config(diff_ids: &[Digest]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": ["PATH=/bin"] },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    }))
+    .unwrap()
+}
+
+fn manifest_json(images: &[(&str, &[&str], &[&str])]) -> Vec<u8> {
+    let v: Vec<Value> = images
+        .iter()
+        .map(|(config, tags, layers)| json!({ "Config": config, "RepoTags": tags, "Layers": layers }))
+        .collect();
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// A skopeo-style docker archive with two uncompressed layers; returns it
+/// with the layer tars and the config.
+fn simple_docker_archive() -> (Vec<u8>, Vec<Vec<u8>>, Vec<u8>) {
+    let l1 = layer_tar(&[("etc/hello", b"hello\n")]);
+    let l2 = layer_tar(&[("usr/bin/app", &noise(5000, 6))]);
+    let (d1, d2) = (Digest::of(&l1), Digest::of(&l2));
+    let config = docker_config(&[d1, d2]);
+    let config_name = format!("{}.json", Digest::of(&config).hex());
+    let stored1 = format!("{}.tar", d1.hex());
+    let mut t = Tar::new();
+    t.file(&stored1, &l1)
+        .dir("abc123")
+        .symlink("abc123/layer.tar", &format!("../{stored1}"))
+        .dir("def456")
+        .file("def456/layer.tar", &l2)
+        .file(&config_name, &config)
+        .file(
+            "manifest.json",
+            &manifest_json(&[(
+                &config_name,
+                &["docker.io/app:v1"],
+                &["abc123/layer.tar", "def456/layer.tar"],
+            )]),
+        );
+    (t.finish(), vec![l1, l2], config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_manifests_reference_config_and_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bytes, layers, config) = simple_docker_archive();
+    let a = open(tmp.path(), "app.tar", &bytes).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.format, Some(Format::DockerArchive));
+    assert_eq!(ix.images.len(), 1);
+    let img = &ix.images[0];
+    let r = &img.refs[0];
+    assert_eq!(img.refs.len(), 1);
+    assert_eq!(r.name.as_ref().unwrap().as_str(), "app");
+    assert_eq!(r.tag.as_ref().unwrap().as_str(), "v1");
+    assert_eq!(img.platforms, ["linux/amd64"]);
+
+    let cd = Digest::of(&config);
+    let want: Vec<(Digest, u64)> = layers
+        .iter()
+        .map(|l| (Digest::of(l), l.len() as u64))
+        .collect();
+    assert_eq!(img.layers, want);
+
+    let (oci, docker) = generated(&img.root);
+    let docker = docker.expect("uncompressed layers have a Docker manifest");
+    assert_eq!(ix.docs[&oci].media_type, media::OCI_MANIFEST);
+    assert_eq!(ix.docs[&docker].media_type, media::DOCKER_MANIFEST);
+    for (d, cfg_type, layer_type) in [
+        (oci, media::OCI_CONFIG, media::OCI_LAYER_TAR),
+        (docker, media::DOCKER_CONFIG, media::DOCKER_LAYER_TAR),
+    ] {
+        assert_eq!(Digest::of(&ix.docs[&d].bytes), d);
+        let m = doc(&ix, &d);
+        assert_eq!(m["schemaVersion"], json!(2));
+        assert_eq!(m["config"]["mediaType"], json!(cfg_type));
+        assert_eq!(m["config"]["digest"], digest_json(&cd));
+        assert_eq!(m["config"]["size"], json!(config.len()));
+        let ls = m["layers"].as_array().unwrap();
+        assert_eq!(ls.len(), 2);
+        for (l, (ld, size)) in ls.iter().zip(&want) {
+            assert_eq!(l["mediaType"], json!(layer_type));
+            assert_eq!(l["digest"], digest_json(ld));
+            assert_eq!(l["size"], json!(size));
+        }
+        assert!(img.digests.contains(&d));
+    }
+    // Every blob is served with the bytes its digest names.
+    assert_eq!(blob_bytes(&a, &ix, &cd).await, config);
+    for (l, (ld, _)) in layers.iter().zip(&want) {
+        assert_eq!(&blob_bytes(&a, &ix, ld).await, l);
+        assert!(img.digests.contains(ld));
+    }
+    // The symlinked layer is served from the file it points to.
+    let BlobAt::Member(m) = &ix.blobs[&want[0].0].at else {
+        panic!("layer not a member")
+    };
+    assert_eq!(m, &format!("{}.tar", want[0].0.hex()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_with_two_images_sharing_a_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = layer_tar(&[("etc/os-release", b"ID=test\n")]);
+    let la = layer_tar(&[("a", b"a")]);
+    let lb = layer_tar(&[("b", b"b")]);
+    let (db, da, dbb) = (Digest::of(&base), Digest::of(&la), Digest::of(&lb));
+    let ca = docker_config(&[db, da]);
+    let cb = docker_config(&[db, dbb]);
+    let mut t = Tar::new();
+    t.file("base/layer.tar", &base)
+        .file("a/layer.tar", &la)
+        .file("b/layer.tar", &lb)
+        .file("a.json", &ca)
+        .file("b.json", &cb)
+        .file(
+            "manifest.json",
+            &manifest_json(&[
+                ("a.json", &["app:v1"], &["base/layer.tar", "a/layer.tar"]),
+                (
+                    "b.json",
+                    &["localhost/other:v2", "localhost/other:latest"],
+                    &["base/layer.tar", "b/layer.tar"],
+                ),
+            ]),
+        );
+    let a = open(tmp.path(), "two.tar", &t.finish()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.images.len(), 2);
+    assert_eq!(refs(&ix, 0), ["app:v1"]);
+    assert_eq!(refs(&ix, 1), ["other:v2", "other:latest"]);
+    let (oa, _) = generated(&ix.images[0].root);
+    let (ob, _) = generated(&ix.images[1].root);
+    assert_ne!(oa, ob);
+    for (o, cfg, top) in [(oa, &ca, da), (ob, &cb, dbb)] {
+        let m = doc(&ix, &o);
+        assert_eq!(m["config"]["digest"], digest_json(&Digest::of(cfg)));
+        assert_eq!(m["layers"][0]["digest"], digest_json(&db));
+        assert_eq!(m["layers"][1]["digest"], digest_json(&top));
+    }
+    assert!(ix.images[0].digests.contains(&db) && ix.images[1].digests.contains(&db));
+    assert!(!ix.images[0].digests.contains(&dbb));
+    assert_eq!(blob_bytes(&a, &ix, &db).await, base);
+    assert_eq!(blob_bytes(&a, &ix, &dbb).await, lb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_gzip_layer_in_blobs_dir() {
+    // Docker ≥ 25 and `ctr images export` put layers and the config under
+    // blobs/sha256/, the layers gzip-compressed.
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = layer_tar(&[("bin/tool", &noise(20_000, 7))]);
+    let gz = gzip(&inner).await;
+    let (diff_id, gd) = (Digest::of(&inner), Digest::of(&gz));
+    let config = docker_config(&[diff_id]);
+    let cd = Digest::of(&config);
+    let (cpath, lpath) = (
+        format!("blobs/sha256/{}", cd.hex()),
+        format!("blobs/sha256/{}", gd.hex()),
+    );
+    let mut t = Tar::new();
+    t.dir("blobs")
+        .dir("blobs/sha256")
+        .file(&lpath, &gz)
+        .file(&cpath, &config)
+        .file(
+            "manifest.json",
+            &manifest_json(&[(&cpath, &["app:gz"], &[&lpath])]),
+        );
+    let a = open(tmp.path(), "gz.tar", &t.finish()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.format, Some(Format::DockerArchive));
+    let img = &ix.images[0];
+    assert_eq!(img.layers, [(gd, gz.len() as u64)]);
+    let (oci, docker) = generated(&img.root);
+    let m = doc(&ix, &oci);
+    assert_eq!(m["layers"][0]["mediaType"], json!(media::OCI_LAYER_GZIP));
+    assert_eq!(m["layers"][0]["digest"], digest_json(&gd));
+    assert_eq!(m["layers"][0]["size"], json!(gz.len()));
+    let dm = doc(&ix, &docker.unwrap());
+    assert_eq!(
+        dm["layers"][0]["mediaType"],
+        json!(media::DOCKER_LAYER_GZIP)
+    );
+    assert_eq!(dm["layers"][0]["digest"], digest_json(&gd));
+    // The config (and so the diff_id) is served as stored.
+    let served: Value = serde_json::from_slice(&blob_bytes(&a, &ix, &cd).await).unwrap();
+    assert_eq!(served["rootfs"]["diff_ids"][0], digest_json(&diff_id));
+    assert_eq!(blob_bytes(&a, &ix, &gd).await, gz);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_gzip_layer_outside_blobs_is_hashed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = layer_tar(&[("x", b"y")]);
+    let gz = gzip(&inner).await;
+    let config = docker_config(&[Digest::of(&inner)]);
+    let mut t = Tar::new();
+    t.file("l/layer.tar", &gz).file("c.json", &config).file(
+        "manifest.json",
+        &manifest_json(&[("c.json", &["app:v1"], &["l/layer.tar"])]),
+    );
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    let gd = Digest::of(&gz);
+    assert_eq!(ix.images[0].layers, [(gd, gz.len() as u64)]);
+    let m = doc(&ix, &generated(&ix.images[0].root).0);
+    assert_eq!(m["layers"][0]["mediaType"], json!(media::OCI_LAYER_GZIP));
+    assert_eq!(blob_bytes(&a, &ix, &gd).await, gz);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_without_or_with_invalid_repo_tags() {
+    // `podman save` of an untagged image writes "RepoTags": null; an
+    // invalid tag is skipped, not fatal.
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layer_tar(&[("x", b"y")]);
+    let config = docker_config(&[Digest::of(&l)]);
+    let manifest = json!([
+        { "Config": "c.json", "RepoTags": null, "Layers": ["l.tar"] },
+        { "Config": "c.json", "RepoTags": ["Bad Name:1", "ok:2"], "Layers": ["l.tar"] },
+    ]);
+    let mut t = Tar::new();
+    t.file("l.tar", &l)
+        .file("c.json", &config)
+        .file("manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.images.len(), 2);
+    assert!(ix.images[0].refs.is_empty());
+    assert_eq!(refs(&ix, 1), ["ok:2"]);
+    assert_eq!(ix.images[0].root, ix.images[1].root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_errors_say_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layer_tar(&[("x", b"y")]);
+    let config = docker_config(&[Digest::of(&l)]);
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        (
+            "missing-config",
+            manifest_json(&[("missing.json", &["a:1"], &["l.tar"])]),
+            &["missing.json", "no file"],
+        ),
+        (
+            "missing-layer",
+            manifest_json(&[("c.json", &["a:1"], &["gone/layer.tar"])]),
+            &["gone/layer.tar", "no file"],
+        ),
+        (
+            "bad-json",
+            b"[{\"Config\":".to_vec(),
+            &["manifest.json is not valid"],
+        ),
+        (
+            "no-images",
+            b"[]".to_vec(),
+            &["manifest.json lists no image"],
+        ),
+        (
+            "count",
+            manifest_json(&[("c.json", &["a:1"], &["l.tar", "l.tar"])]),
+            &["1 diff_ids", "2 layers"],
+        ),
+    ];
+    for (name, manifest, wants) in cases {
+        let mut t = Tar::new();
+        t.file("l.tar", &l)
+            .file("c.json", &config)
+            .file("manifest.json", &manifest);
+        let a = open(tmp.path(), &format!("{name}.tar"), &t.finish())
+            .await
+            .unwrap();
+        let err = index_default(&a).await.unwrap_err();
+        assert!(matches!(err, ArchiveError::Format(_)), "{name}: {err:?}");
+        let text = err.to_string();
+        for w in wants {
+            assert!(text.contains(w), "{name}: {text:?} should say {w:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_with_bad_json_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tar::new();
+    t.file("l.tar", &layer_tar(&[("x", b"y")]))
+        .file("c.json", b"{not json")
+        .file(
+            "manifest.json",
+            &manifest_json(&[("c.json", &["a:1"], &["l.tar"])]),
+        );
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    let text = index_default(&a).await.unwrap_err().to_string();
+    assert!(text.contains("config c.json is not valid"), "{text}");
+}
+
+// ---------------------------------------------------------------------------
+// 5. OCI image layouts
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// An OCI layout being built: file name -> bytes.
+#[derive(Default, Clone)]
+struct Layout {
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+fn blob_path(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
+}
+
+impl Layout {
+    /// Stores a blob; returns its descriptor.
+    fn desc(&mut self, media_type: &str, bytes: Vec<u8>) -> Value {
+        let d = Digest::of(&bytes);
+        let size = bytes.len();
+        self.files.insert(blob_path(&d), bytes);
+        json!({ "mediaType": media_type, "digest": d, "size": size })
+    }
+
+    /// An image manifest (pretty-printed, so re-serializing would show)
+    /// with one layer; `tweak` edits the manifest before it is stored.
+    fn image_with(&mut self, arch: &str, layer: &[u8], tweak: impl FnOnce(&mut Value)) -> Value {
+        let config = serde_json::to_vec(&json!({
+            "architecture": arch,
+            "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": [Digest::of(layer)] },
+        }))
+        .unwrap();
+        let c = self.desc(media::OCI_CONFIG, config);
+        let l = self.desc(media::OCI_LAYER_TAR, layer.to_vec());
+        let mut m = json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "config": c,
+            "layers": [l],
+        });
+        tweak(&mut m);
+        let mut d = self.desc(media::OCI_MANIFEST, serde_json::to_vec_pretty(&m).unwrap());
+        d["platform"] = json!({ "os": "linux", "architecture": arch });
+        d
+    }
+
+    fn image(&mut self, arch: &str, layer: &[u8]) -> Value {
+        self.image_with(arch, layer, |_| {})
+    }
+
+    fn nested_index(&mut self, manifests: Vec<Value>) -> Value {
+        let ix =
+            json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
+        self.desc(media::OCI_INDEX, serde_json::to_vec_pretty(&ix).unwrap())
+    }
+
+    fn index_json(&mut self, manifests: Vec<Value>) {
+        self.files.insert(
+            "oci-layout".into(),
+            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        );
+        let ix =
+            json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
+        self.files
+            .insert("index.json".into(), serde_json::to_vec_pretty(&ix).unwrap());
+    }
+
+    fn remove(&mut self, desc: &Value) {
+        let d: Digest = desc["digest"].as_str().unwrap().parse().unwrap();
+        self.files.remove(&blob_path(&d)).unwrap();
+    }
+
+    fn tar(&self) -> Vec<u8> {
+        let mut t = Tar::new();
+        t.dir("blobs").dir("blobs/sha256");
+        for (n, b) in &self.files {
+            t.file(n, b);
+        }
+        t.finish()
+    }
+
+    fn write_dir(&self, root: &Path) {
+        for (n, b) in &self.files {
+            let p = root.join(n);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b).unwrap();
+        }
+    }
+}
+
+fn named(mut desc: Value, name: &str) -> Value {
+    desc["annotations"] = json!({ REF_NAME: name });
+    desc
+}
+
+fn digest_of(desc: &Value) -> Digest {
+    desc["digest"].as_str().unwrap().parse().unwrap()
+}
+
+/// Opens a layout both as a tar and as a directory.
+async fn open_layout(tmp: &Path, name: &str, layout: &Layout) -> Vec<Arc<Archive>> {
+    let tarred = open(tmp, &format!("{name}.tar"), &layout.tar())
+        .await
+        .unwrap();
+    let dir = tmp.join(name);
+    layout.write_dir(&dir);
+    let dir = Arc::new(Archive::open_dir(&dir).await.unwrap());
+    vec![tarred, dir]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_layout_serves_its_manifests_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = layer_tar(&[("hello", b"world")]);
+    let mut l = Layout::default();
+    let m = l.image("amd64", &layer);
+    l.index_json(vec![named(m.clone(), "v1")]);
+    let md = digest_of(&m);
+    let manifest_bytes = l.files[&blob_path(&md)].clone();
+    let mv: Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    let cd: Digest = mv["config"]["digest"].as_str().unwrap().parse().unwrap();
+    let ld = Digest::of(&layer);
+
+    for a in open_layout(tmp.path(), "layout", &l).await {
+        let what = a.describe();
+        let ix = index_default(&a).await.unwrap();
+        assert_eq!(ix.format, Some(Format::Oci), "{what}");
+        assert_eq!(ix.images.len(), 1, "{what}");
+        let img = &ix.images[0];
+        assert_eq!(img.root, Root::Stored(md), "{what}");
+        assert!(img.refs[0].name.is_none(), "{what}");
+        assert_eq!(img.refs[0].tag.as_ref().unwrap().as_str(), "v1", "{what}");
+        assert_eq!(ix.docs[&md].media_type, media::OCI_MANIFEST, "{what}");
+        assert_eq!(&ix.docs[&md].bytes[..], &manifest_bytes[..], "{what}");
+        assert_eq!(img.platforms, ["linux/amd64"], "{what}");
+        assert_eq!(img.layers, [(ld, layer.len() as u64)], "{what}");
+        for d in [md, cd, ld] {
+            assert!(img.digests.contains(&d), "{what}: {d}");
+        }
+        assert_eq!(blob_bytes(&a, &ix, &ld).await, layer, "{what}");
+        assert_eq!(Digest::of(&blob_bytes(&a, &ix, &cd).await), cd, "{what}");
+        assert!(ix.referrers.is_empty(), "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_ref_names_from_podman_and_ctr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let podman = l.image("amd64", &layer_tar(&[("p", b"1")]));
+    let ctr = l.image("amd64", &layer_tar(&[("c", b"2")]));
+    let mut ctr_named = ctr.clone();
+    ctr_named["annotations"] = json!({
+        "io.containerd.image.name": "docker.io/library/app:v3",
+        REF_NAME: "v3",
+    });
+    l.index_json(vec![named(podman, "localhost/app:v2"), ctr_named]);
+    let a = open(tmp.path(), "t.tar", &l.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(refs(&ix, 0), ["app:v2"]);
+    assert_eq!(refs(&ix, 1), ["app:v3", ":v3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_nested_multi_platform_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let amd = l.image("amd64", &layer_tar(&[("arch", b"amd64")]));
+    let arm = l.image("arm64", &layer_tar(&[("arch", b"arm64")]));
+    let nested = l.nested_index(vec![amd.clone(), arm.clone()]);
+    l.index_json(vec![named(nested.clone(), "v1")]);
+    let nd = digest_of(&nested);
+    for a in open_layout(tmp.path(), "multi", &l).await {
+        let what = a.describe();
+        let ix = index_default(&a).await.unwrap();
+        assert_eq!(ix.images.len(), 1, "{what}");
+        let img = &ix.images[0];
+        assert_eq!(img.root, Root::Stored(nd), "{what}");
+        assert_eq!(img.platforms, ["linux/amd64", "linux/arm64"], "{what}");
+        assert_eq!(ix.docs[&nd].media_type, media::OCI_INDEX, "{what}");
+        for d in [nd, digest_of(&amd), digest_of(&arm)] {
+            assert_eq!(
+                &ix.docs[&d].bytes[..],
+                &l.files[&blob_path(&d)][..],
+                "{what}"
+            );
+            assert!(img.digests.contains(&d), "{what}");
+        }
+        assert_eq!(img.layers.len(), 2, "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_index_child_missing_is_skipped_and_index_still_served() {
+    // A single-platform export keeps the full index.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let amd = l.image("amd64", &layer_tar(&[("arch", b"amd64")]));
+    let arm = l.image("arm64", &layer_tar(&[("arch", b"arm64")]));
+    let nested = l.nested_index(vec![amd.clone(), arm.clone()]);
+    l.index_json(vec![named(nested.clone(), "v1")]);
+    l.remove(&arm);
+    let nd = digest_of(&nested);
+    for a in open_layout(tmp.path(), "partial", &l).await {
+        let what = a.describe();
+        let ix = index_default(&a).await.unwrap();
+        let img = &ix.images[0];
+        assert_eq!(img.root, Root::Stored(nd), "{what}");
+        assert_eq!(
+            &ix.docs[&nd].bytes[..],
+            &l.files[&blob_path(&nd)][..],
+            "{what}"
+        );
+        assert_eq!(img.platforms, ["linux/amd64"], "{what}");
+        assert!(ix.docs.contains_key(&digest_of(&amd)), "{what}");
+        assert!(!ix.docs.contains_key(&digest_of(&arm)), "{what}");
+        assert!(!img.digests.contains(&digest_of(&arm)), "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_index_child_with_missing_layer_is_not_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let amd_layer = layer_tar(&[("arch", b"amd64")]);
+    let arm_layer = layer_tar(&[("arch", b"arm64")]);
+    let amd = l.image("amd64", &amd_layer);
+    let arm = l.image("arm64", &arm_layer);
+    let nested = l.nested_index(vec![amd, arm.clone()]);
+    l.index_json(vec![named(nested, "v1")]);
+    l.files.remove(&blob_path(&Digest::of(&arm_layer))).unwrap();
+    let armv: Value = serde_json::from_slice(&l.files[&blob_path(&digest_of(&arm))]).unwrap();
+    let arm_config: Digest = armv["config"]["digest"].as_str().unwrap().parse().unwrap();
+    let a = open(tmp.path(), "t.tar", &l.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    let img = &ix.images[0];
+    // Only what is served is listed: not the platform whose layer is gone.
+    assert_eq!(img.platforms, ["linux/amd64"]);
+    assert_eq!(
+        img.layers,
+        [(Digest::of(&amd_layer), amd_layer.len() as u64)]
+    );
+    assert!(!img.digests.contains(&arm_config));
+    assert!(!img.digests.contains(&digest_of(&arm)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_blob_size_mismatch_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let good = l.image("amd64", &layer_tar(&[("good", b"1")]));
+    let bad_layer = layer_tar(&[("bad", b"2")]);
+    let n = bad_layer.len() as u64;
+    let bad = l.image_with("amd64", &bad_layer, |m| {
+        m["layers"][0]["size"] = json!(n + 1)
+    });
+    let mut both = l.clone();
+    both.index_json(vec![named(good.clone(), "v1"), named(bad.clone(), "v2")]);
+    let a = open(tmp.path(), "both.tar", &both.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.images.len(), 1, "the bad image is skipped");
+    assert_eq!(refs(&ix, 0), [":v1"]);
+    assert!(!ix.docs.contains_key(&digest_of(&bad)));
+
+    let mut only = l.clone();
+    only.index_json(vec![named(bad, "v2")]);
+    let a = open(tmp.path(), "only.tar", &only.tar()).await.unwrap();
+    let text = index_default(&a).await.unwrap_err().to_string();
+    assert!(
+        text.contains(&format!("is {n} bytes but its descriptor says {}", n + 1)),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_manifest_not_matching_its_digest_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let good = l.image("amd64", &layer_tar(&[("good", b"1")]));
+    let bad = l.image("arm64", &layer_tar(&[("bad", b"2")]));
+    // Same size, different bytes.
+    let bd = digest_of(&bad);
+    let stored = l.files.get_mut(&blob_path(&bd)).unwrap();
+    let i = stored.iter().position(|&b| b == b' ').unwrap();
+    stored[i] = b'\t';
+    let mut both = l.clone();
+    both.index_json(vec![named(good, "v1"), named(bad.clone(), "v2")]);
+    let a = open(tmp.path(), "both.tar", &both.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.images.len(), 1);
+    assert_eq!(refs(&ix, 0), [":v1"]);
+    assert!(!ix.docs.contains_key(&bd));
+
+    let mut only = l.clone();
+    only.index_json(vec![named(bad, "v2")]);
+    let a = open(tmp.path(), "only.tar", &only.tar()).await.unwrap();
+    let text = index_default(&a).await.unwrap_err().to_string();
+    assert!(text.contains(&format!("blob {bd} has digest")), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_manifest_with_subject_is_a_referrer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let img = l.image("amd64", &layer_tar(&[("x", b"y")]));
+    let empty = l.desc("application/vnd.oci.empty.v1+json", b"{}".to_vec());
+    let sig_layer = l.desc("application/vnd.example.signature", b"signed".to_vec());
+    let mut subject = img.clone();
+    subject.as_object_mut().unwrap().remove("platform");
+    let sig = json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": empty,
+        "layers": [sig_layer],
+        "subject": subject,
+        "annotations": { "org.example.signer": "ci" },
+    });
+    let sig = l.desc(
+        media::OCI_MANIFEST,
+        serde_json::to_vec_pretty(&sig).unwrap(),
+    );
+    l.index_json(vec![named(img.clone(), "v1"), sig.clone()]);
+    let a = open(tmp.path(), "t.tar", &l.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    let refs = &ix.referrers[&digest_of(&img)];
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0]["digest"], sig["digest"]);
+    assert_eq!(refs[0]["size"], sig["size"]);
+    assert_eq!(refs[0]["mediaType"], json!(media::OCI_MANIFEST));
+    assert_eq!(
+        refs[0]["artifactType"],
+        json!("application/vnd.example.signature")
+    );
+    assert_eq!(refs[0]["annotations"]["org.example.signer"], json!("ci"));
+    assert_eq!(ix.referrers.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_referrer_under_two_tags_is_listed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let img = l.image("amd64", &layer_tar(&[("x", b"y")]));
+    let empty = l.desc("application/vnd.oci.empty.v1+json", b"{}".to_vec());
+    let mut subject = img.clone();
+    subject.as_object_mut().unwrap().remove("platform");
+    let sig = json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": empty,
+        "layers": [],
+        "subject": subject,
+    });
+    let sig = l.desc(
+        media::OCI_MANIFEST,
+        serde_json::to_vec_pretty(&sig).unwrap(),
+    );
+    l.index_json(vec![
+        named(img.clone(), "v1"),
+        named(sig.clone(), "sig"),
+        named(sig.clone(), "sig2"),
+    ]);
+    let a = open(tmp.path(), "t.tar", &l.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    let refs = &ix.referrers[&digest_of(&img)];
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    assert_eq!(refs[0]["digest"], sig["digest"]);
+    assert_eq!(
+        ix.images.len(),
+        3,
+        "the signature is served under both tags"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_index_without_usable_images_falls_back_to_manifest_json() {
+    // Some Docker ≥ 25 `docker save` versions write an index.json that
+    // misses its manifests; manifest.json still describes the image.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let layer = layer_tar(&[("x", b"y")]);
+    let m = l.image("amd64", &layer);
+    let mv: Value = serde_json::from_slice(&l.files[&blob_path(&digest_of(&m))]).unwrap();
+    let cd: Digest = mv["config"]["digest"].as_str().unwrap().parse().unwrap();
+    l.index_json(vec![named(m.clone(), "v1")]);
+    l.remove(&m);
+    let (cp, lp) = (blob_path(&cd), blob_path(&Digest::of(&layer)));
+    l.files.insert(
+        "manifest.json".into(),
+        manifest_json(&[(&cp, &["app:v1"], &[&lp])]),
+    );
+    let a = open(tmp.path(), "t.tar", &l.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.format, Some(Format::DockerArchive));
+    assert_eq!(refs(&ix, 0), ["app:v1"]);
+    assert_eq!(
+        ix.images[0].layers,
+        [(Digest::of(&layer), layer.len() as u64)]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. Rootfs tarballs
+
+fn config_of(ix: &Indexed, img: usize) -> Value {
+    let m = doc(ix, &generated(&ix.images[img].root).0);
+    let cd: Digest = m["config"]["digest"].as_str().unwrap().parse().unwrap();
+    let BlobAt::Memory(b) = &ix.blobs[&cd].at else {
+        panic!("config not in memory")
+    };
+    assert_eq!(Digest::of(b), cd);
+    serde_json::from_slice(b).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rootfs_tarballs_are_one_layer_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = layer_tar(&[("bin/sh", &noise(30_000, 8)), ("etc/motd", b"hi\n")]);
+    let diff_id = Digest::of(&inner);
+    for (name, stored, oci_type, docker_type) in [
+        (
+            "r.tar",
+            inner.clone(),
+            media::OCI_LAYER_TAR,
+            Some(media::DOCKER_LAYER_TAR),
+        ),
+        (
+            "r.tar.gz",
+            gzip(&inner).await,
+            media::OCI_LAYER_GZIP,
+            Some(media::DOCKER_LAYER_GZIP),
+        ),
+        ("r.tar.zst", zstd(&inner).await, media::OCI_LAYER_ZSTD, None),
+    ] {
+        let a = open(tmp.path(), name, &stored).await.unwrap();
+        let ix = index_default(&a).await.unwrap();
+        assert_eq!(ix.format, Some(Format::Rootfs), "{name}");
+        let img = &ix.images[0];
+        let ld = Digest::of(&stored);
+        assert_eq!(img.layers, [(ld, stored.len() as u64)], "{name}");
+        assert!(img.refs.is_empty(), "{name}");
+        assert_eq!(img.platforms, ["linux/amd64"], "{name}");
+        let (oci, docker) = generated(&img.root);
+        let m = doc(&ix, &oci);
+        assert_eq!(m["layers"][0]["mediaType"], json!(oci_type), "{name}");
+        assert_eq!(m["layers"][0]["digest"], digest_json(&ld), "{name}");
+        assert_eq!(m["layers"][0]["size"], json!(stored.len()), "{name}");
+        match docker_type {
+            Some(t) => {
+                let dm = doc(&ix, &docker.unwrap());
+                assert_eq!(dm["layers"][0]["mediaType"], json!(t), "{name}");
+            }
+            None => assert!(docker.is_none(), "{name}: Docker has no zstd layers"),
+        }
+        let cfg = config_of(&ix, 0);
+        assert_eq!(
+            cfg["rootfs"]["diff_ids"],
+            json!([diff_id.to_string()]),
+            "{name}"
+        );
+        assert!(matches!(ix.blobs[&ld].at, BlobAt::Whole), "{name}");
+        assert_eq!(blob_bytes(&a, &ix, &ld).await, stored, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rootfs_config_overrides_appear_in_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = layer_tar(&[("bin/app", b"#!/bin/sh\n")]);
+    let a = open(tmp.path(), "r.tar", &inner).await.unwrap();
+    let user = ImageConfig {
+        architecture: Some("arm64".into()),
+        variant: Some("v8".into()),
+        env: Some(vec!["FOO=1".into(), "PATH=/bin".into()]),
+        cmd: Some(vec!["/bin/app".into(), "--serve".into()]),
+        user: Some("1000:1000".into()),
+        labels: [("org.example.team".to_string(), "infra".to_string())].into(),
+        ..Default::default()
+    };
+    let ix = index(&a, &user).await.unwrap();
+    let cfg = config_of(&ix, 0);
+    assert_eq!(cfg["architecture"], json!("arm64"));
+    assert_eq!(cfg["variant"], json!("v8"));
+    assert_eq!(cfg["os"], json!("linux"));
+    assert_eq!(cfg["config"]["Env"], json!(["FOO=1", "PATH=/bin"]));
+    assert_eq!(cfg["config"]["Cmd"], json!(["/bin/app", "--serve"]));
+    assert_eq!(cfg["config"]["User"], json!("1000:1000"));
+    assert_eq!(
+        cfg["config"]["Labels"],
+        json!({ "org.example.team": "infra" })
+    );
+    assert_eq!(ix.images[0].platforms, ["linux/arm64/v8"]);
+
+    let plain = index_default(&a).await.unwrap();
+    let pc = config_of(&plain, 0);
+    assert_eq!(pc["architecture"], json!("amd64"));
+    assert!(
+        pc["config"]["Env"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("PATH=")
+    );
+    assert!(pc["config"].get("Cmd").is_none());
+    assert_ne!(plain.images[0].root, ix.images[0].root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexing_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let inner = layer_tar(&[("bin/sh", &noise(10_000, 9))]);
+    let (docker, _, _) = simple_docker_archive();
+    for (name, bytes) in [
+        ("r.tar", inner.clone()),
+        ("r.tar.gz", gzip(&inner).await),
+        ("app.tar", docker),
+    ] {
+        let p1 = write(tmp.path(), name, &bytes);
+        let p2 = write(other.path(), &format!("copy-{name}"), &bytes);
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        std::fs::File::options()
+            .write(true)
+            .open(&p2)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let mut seen = Vec::new();
+        for p in [&p1, &p1, &p2] {
+            let a = open_path(p).await.unwrap();
+            let ix = index_default(&a).await.unwrap();
+            let mut docs: Vec<(Digest, Vec<u8>)> = ix
+                .docs
+                .iter()
+                .map(|(d, doc)| (*d, doc.bytes.to_vec()))
+                .collect();
+            docs.sort();
+            seen.push((ix.images[0].root.clone(), docs, a.stat.version.clone()));
+        }
+        assert_eq!(seen[0].0, seen[1].0, "{name}");
+        assert_eq!(seen[0].0, seen[2].0, "{name}: a copy elsewhere");
+        assert_eq!(seen[0].1, seen[2].1, "{name}: a copy elsewhere");
+        assert_ne!(seen[0].2, seen[2].2, "{name}: the copy is another version");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 7. Concourse image resources
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concourse_metadata_and_rootfs_tgz() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = layer_tar(&[("bin/sh", &noise(10_000, 10)), ("etc/passwd", b"u:x:1:1\n")]);
+    let tgz = gzip(&inner).await;
+    let metadata = br#"{"env":["A=b"],"user":"u"}"#;
+    let mut t = Tar::new();
+    t.file("metadata.json", metadata).file("rootfs.tgz", &tgz);
+    let tarred = open(tmp.path(), "concourse.tar", &t.finish())
+        .await
+        .unwrap();
+    let dir = tmp.path().join("concourse");
+    std::fs::create_dir(&dir).unwrap();
+    write(&dir, "metadata.json", metadata);
+    write(&dir, "rootfs.tgz", &tgz);
+    let dir = Arc::new(Archive::open_dir(&dir).await.unwrap());
+
+    let ld = Digest::of(&tgz);
+    for a in [tarred, dir] {
+        let what = a.describe();
+        let ix = index_default(&a).await.unwrap();
+        assert_eq!(ix.format, Some(Format::Concourse), "{what}");
+        let cfg = config_of(&ix, 0);
+        assert_eq!(cfg["config"]["Env"], json!(["A=b"]), "{what}");
+        assert_eq!(cfg["config"]["User"], json!("u"), "{what}");
+        assert_eq!(
+            cfg["rootfs"]["diff_ids"],
+            json!([Digest::of(&inner).to_string()]),
+            "{what}"
+        );
+        assert_eq!(ix.images[0].layers, [(ld, tgz.len() as u64)], "{what}");
+        let m = doc(&ix, &generated(&ix.images[0].root).0);
+        assert_eq!(
+            m["layers"][0]["mediaType"],
+            json!(media::OCI_LAYER_GZIP),
+            "{what}"
+        );
+        assert!(
+            matches!(&ix.blobs[&ld].at, BlobAt::Member(n) if n == "rootfs.tgz"),
+            "{what}"
+        );
+        assert_eq!(blob_bytes(&a, &ix, &ld).await, tgz, "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concourse_unpacked_rootfs_is_repacked_without_its_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = format!("rootfs/{}/f", "d".repeat(120));
+    let mut t = Tar::new();
+    t.file("metadata.json", br#"{"env":["A=b"],"user":"u"}"#)
+        .dir("rootfs")
+        .file("rootfs/bin/sh", b"#!x")
+        .file(&long, b"deep");
+    let a = open(tmp.path(), "c.tar", &t.finish()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.format, Some(Format::Concourse));
+    let cfg = config_of(&ix, 0);
+    assert_eq!(cfg["config"]["User"], json!("u"));
+    let (ld, size) = ix.images[0].layers[0];
+    let layer = blob_bytes(&a, &ix, &ld).await;
+    assert_eq!(layer.len() as u64, size);
+    assert_eq!(Digest::of(&layer), ld);
+    assert_eq!(cfg["rootfs"]["diff_ids"][0], json!(ld.to_string()));
+    // The layer is a tar of the tree below rootfs/, nothing else.
+    let mut ar = tar::Archive::new(&layer[..]);
+    let mut seen = BTreeMap::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        seen.insert(name, data);
+    }
+    let deep = long.strip_prefix("rootfs/").unwrap().to_string();
+    assert_eq!(seen.get("bin/sh").map(Vec::as_slice), Some(&b"#!x"[..]));
+    assert_eq!(seen.get(&deep).map(Vec::as_slice), Some(&b"deep"[..]));
+    assert!(
+        seen.keys()
+            .all(|k| !k.starts_with("rootfs") && k != "metadata.json"),
+        "{seen:?}"
+    );
+    // Re-indexing gives the same layer bytes.
+    let again = index_default(&a).await.unwrap();
+    assert_eq!(again.images[0].layers[0].0, ld);
+}
+
+// ---------------------------------------------------------------------------
+// 8. Whole-archive compression
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_docker_archive_matches_uncompressed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, layers, _) = simple_docker_archive();
+    let a = open(tmp.path(), "app.tar", &plain).await.unwrap();
+    let want = index_default(&a).await.unwrap();
+    let want_docs: std::collections::BTreeSet<Digest> = want.docs.keys().copied().collect();
+    for (name, stored) in [
+        ("app.tar.gz", gzip(&plain).await),
+        ("app.tar.zst", zstd(&plain).await),
+    ] {
+        let a = open(tmp.path(), name, &stored).await.unwrap();
+        let sd = a.digests.expect("a streaming pass hashes the archive");
+        assert_eq!(
+            sd.stored,
+            (Digest::of(&stored), stored.len() as u64),
+            "{name}"
+        );
+        assert_eq!(sd.diff_id, Digest::of(&plain), "{name}");
+        let ix = index_default(&a).await.unwrap();
+        assert_eq!(ix.format, Some(Format::DockerArchive), "{name}");
+        assert_eq!(ix.images[0].root, want.images[0].root, "{name}");
+        let docs: std::collections::BTreeSet<Digest> = ix.docs.keys().copied().collect();
+        assert_eq!(docs, want_docs, "{name}");
+        for l in &layers {
+            let d = Digest::of(l);
+            assert_eq!(&blob_bytes(&a, &ix, &d).await, l, "{name}");
+            // A range inside a member of a compressed archive.
+            let BlobAt::Member(m) = &ix.blobs[&d].at else {
+                panic!("{name}: layer not a member")
+            };
+            let e = a.member(m).unwrap();
+            let part = collect(a.member_stream(e, 100, 50).await.unwrap()).await;
+            assert_eq!(part, &l[100..150], "{name}");
+        }
+    }
+}
