@@ -316,6 +316,12 @@ impl Archive {
         start: u64,
         len: u64,
     ) -> Result<ByteStream, ArchiveError> {
+        if start.checked_add(len).is_none_or(|end| end > e.size) {
+            return Err(ArchiveError::Format(format!(
+                "{start}+{len} is outside {} ({} bytes)",
+                e.name, e.size
+            )));
+        }
         match &self.container {
             Container::Tar(s) => Ok(s.stream(e.offset + start, Some(len)).await?),
             Container::Dir(root) => {

@@ -96,7 +96,19 @@ pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
     // Why the first entry was skipped: the error when none is usable.
     let mut skipped = None;
     for (i, v) in list.iter().enumerate() {
-        let d = desc(v)?;
+        let d = match desc(v) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(
+                    archive = archive.describe(),
+                    "index.json entry {i} skipped: {e}"
+                );
+                skipped.get_or_insert_with(|| {
+                    ArchiveError::Format(format!("index.json entry {i}: {e}"))
+                });
+                continue;
+            }
+        };
         let mut w = Walk::default();
         if let Err(e) = Box::pin(walk(archive, &d, v, 0, &mut ix, &mut w)).await {
             tracing::warn!(
@@ -159,7 +171,14 @@ async fn walk(
             .ok_or_else(|| ArchiveError::Format(format!("index {} has no manifests", d.digest)))?;
         let mut present = 0;
         for c in children {
-            let cd = desc(c)?;
+            let Ok(cd) = desc(c) else {
+                tracing::debug!(
+                    archive = archive.describe(),
+                    "malformed descriptor in index {}",
+                    d.digest
+                );
+                continue;
+            };
             // Exports of one platform keep the full index; serve it and
             // the children that are there. A child that fails part way
             // adds nothing to what the image lists.
