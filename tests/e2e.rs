@@ -550,7 +550,7 @@ fn inspect_good_archive() {
     e2e!();
     let archive = fixture("docker-archive.tar");
     let images = docker_archive_digests(&archive);
-    let out = run(Command::new(BIN).args(["inspect", archive.to_str().unwrap(), "--json"]));
+    let out = run(Command::new(bin()).args(["inspect", archive.to_str().unwrap(), "--json"]));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let _: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("--json output ({e}): {text}"));
@@ -564,7 +564,7 @@ fn inspect_good_archive() {
         text.contains("fixture/app"),
         "inspect --json lacks the repository: {text}"
     );
-    let out = run(Command::new(BIN).args(["inspect", archive.to_str().unwrap()]));
+    let out = run(Command::new(bin()).args(["inspect", archive.to_str().unwrap()]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("v1") && text.contains("amd64"),
@@ -578,12 +578,16 @@ fn inspect_rejects_hostile_archives() {
     let mut failures = Vec::new();
     for (file, words) in HOSTILE {
         let p = fixture(&format!("hostile/{file}"));
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(["inspect", p.to_str().unwrap()])
             .stdin(Stdio::null())
             .output()
             .expect("run cartorio inspect");
-        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        // the file name itself must not count as naming the problem
+        let stderr = String::from_utf8_lossy(&out.stderr)
+            .replace(p.to_str().unwrap(), "<ARCHIVE>")
+            .replace(file, "<FILE>");
+        let stderr = stderr.to_lowercase();
         if out.status.success() {
             failures.push(format!(
                 "{file}: inspect succeeded:\n{}",

@@ -6,6 +6,8 @@
 //! gone are removed.  Setting `CARTORIO_FIXTURES=DIR` uses `DIR` instead: it is generated there
 //! unless `DIR/.complete` already exists (so `scripts/test.sh` or a developer can build them once).
 //!
+//! Binary: `CARGO_BIN_EXE_cartorio`, or `$CARTORIO_BIN` when set.
+//!
 //! Skipping: with `CARTORIO_SKIP_E2E=1` every e2e test prints that it was skipped and passes.
 //! Otherwise a missing tool (skopeo, umoci, python3, curl, zstd, tar) is a test failure.
 #![allow(dead_code)]
@@ -21,7 +23,13 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_cartorio");
+/// The binary under test: cargo's build of `cartorio`, or `$CARTORIO_BIN` (e.g. a release build).
+pub fn bin() -> PathBuf {
+    match std::env::var_os("CARTORIO_BIN") {
+        Some(b) if !b.is_empty() => PathBuf::from(b),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_cartorio")),
+    }
+}
 const REQUIRED_TOOLS: &[&str] = &["skopeo", "umoci", "python3", "curl", "zstd", "tar", "gzip"];
 
 /// Returns false (after printing a note) when e2e tests are switched off with
@@ -169,14 +177,15 @@ impl Server {
     pub fn try_start(args: &[&str]) -> Result<Server, (String, String)> {
         let logdir = tempdir();
         let stderr_path = logdir.path().join("stderr.log");
-        let mut child = Command::new(BIN)
+        let bin = bin();
+        let mut child = Command::new(&bin)
             .args(args)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
