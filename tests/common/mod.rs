@@ -36,7 +36,7 @@ const REQUIRED_TOOLS: &[&str] = &["skopeo", "umoci", "python3", "curl", "zstd", 
 /// `CARTORIO_SKIP_E2E=1`; panics when a required tool is missing.
 pub fn e2e(test: &str) -> bool {
     if std::env::var("CARTORIO_SKIP_E2E").as_deref() == Ok("1") {
-        eprintln!("SKIPPED e2e test {test}: CARTORIO_SKIP_E2E=1");
+        note(&format!("SKIPPED e2e test {test}: CARTORIO_SKIP_E2E=1"));
         return false;
     }
     static CHECKED: OnceLock<()> = OnceLock::new();
@@ -52,6 +52,12 @@ pub fn e2e(test: &str) -> bool {
         );
     });
     true
+}
+
+/// A line on the real stderr, past libtest's output capture (so skips are visible).
+pub fn note(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{msg}");
 }
 
 pub fn which(tool: &str) -> Option<PathBuf> {
