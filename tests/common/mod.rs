@@ -30,6 +30,8 @@ pub fn bin() -> PathBuf {
         _ => PathBuf::from(env!("CARGO_BIN_EXE_cartorio")),
     }
 }
+/// A server that accepts connections and never answers must fail a test, not hang it.
+const SKOPEO_TIMEOUT: &str = "120s";
 const REQUIRED_TOOLS: &[&str] = &["skopeo", "umoci", "python3", "curl", "zstd", "tar", "gzip"];
 
 /// Returns false (after printing a note) when e2e tests are switched off with
@@ -297,7 +299,13 @@ pub fn skopeo_copy(extra: &[&str], src: &str, dest: &str) {
     let mut last = None;
     for _ in 0..2 {
         let out = Command::new("skopeo")
-            .args(["copy", "-q", "--src-tls-verify=false"])
+            .args([
+                "--command-timeout",
+                SKOPEO_TIMEOUT,
+                "copy",
+                "-q",
+                "--src-tls-verify=false",
+            ])
             .args(extra)
             .args([src, dest])
             .stdin(Stdio::null())
@@ -320,7 +328,13 @@ pub fn skopeo_copy(extra: &[&str], src: &str, dest: &str) {
 /// `skopeo inspect --raw` (the manifest bytes as served).
 pub fn skopeo_raw(server: &Server, name_tag: &str, extra: &[&str]) -> Vec<u8> {
     run(Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
+        .args([
+            "--command-timeout",
+            SKOPEO_TIMEOUT,
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+        ])
         .args(extra)
         .arg(server.docker_ref(name_tag)))
     .stdout
@@ -329,7 +343,13 @@ pub fn skopeo_raw(server: &Server, name_tag: &str, extra: &[&str]) -> Vec<u8> {
 /// `skopeo inspect --config` (the image config as JSON).
 pub fn skopeo_config(server: &Server, name_tag: &str) -> serde_json::Value {
     let out = run(Command::new("skopeo")
-        .args(["inspect", "--config", "--tls-verify=false"])
+        .args([
+            "--command-timeout",
+            SKOPEO_TIMEOUT,
+            "inspect",
+            "--config",
+            "--tls-verify=false",
+        ])
         .arg(server.docker_ref(name_tag)));
     serde_json::from_slice(&out.stdout).expect("config JSON")
 }
@@ -752,7 +772,7 @@ impl Containerd {
         Command::new("ctr")
             .arg("-a")
             .arg(&self.sock)
-            .args(["-n", "e2e"])
+            .args(["--timeout", "120s", "-n", "e2e"])
             .args(args)
             .stdin(Stdio::null())
             .output()
