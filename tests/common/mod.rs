@@ -31,7 +31,7 @@ pub fn bin() -> PathBuf {
     }
 }
 /// A server that accepts connections and never answers must fail a test, not hang it.
-const SKOPEO_TIMEOUT: &str = "120s";
+const SKOPEO_TIMEOUT: &str = "90s";
 const REQUIRED_TOOLS: &[&str] = &["skopeo", "umoci", "python3", "curl", "zstd", "tar", "gzip"];
 
 /// Returns false (after printing a note) when e2e tests are switched off with
@@ -298,6 +298,7 @@ pub fn sh(cmd: &str) -> Output {
 pub fn skopeo_copy(extra: &[&str], src: &str, dest: &str) {
     let mut last = None;
     for _ in 0..2 {
+        let t = Instant::now();
         let out = Command::new("skopeo")
             .args([
                 "--command-timeout",
@@ -315,6 +316,9 @@ pub fn skopeo_copy(extra: &[&str], src: &str, dest: &str) {
             return;
         }
         last = Some(out);
+        if t.elapsed() > Duration::from_secs(20) {
+            break; // a timeout, not a flaky connection: do not wait twice
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
     let out = last.unwrap();
