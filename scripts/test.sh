@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian 12 machine (as root) or a developer's box:
+#
+#   scripts/test.sh            install missing tools, fmt check, clippy, all tests (incl. e2e)
+#
+# Environment:
+#   CARTORIO_SKIP_E2E=1    run the e2e tests as no-ops (they print that they were skipped)
+#   CARTORIO_FIXTURES=DIR  where the e2e fixtures go; this script generates them there once
+#                          (default: a temp dir, removed at exit).  The tests regenerate them
+#                          themselves when the variable is unset or DIR lacks .complete.
+#   CARGO_TARGET_DIR       as usual
+#   SKIP_APT=1             never call apt-get (tools must already be there)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+# --- system tools ---------------------------------------------------------------------------
+# package -> a command it provides
+declare -A TOOLS=(
+  [skopeo]=skopeo [umoci]=umoci [containerd]=containerd [nginx-light]=nginx
+  [zstd]=zstd [python3]=python3 [curl]=curl [tar]=tar [gzip]=gzip
+)
+missing=()
+for pkg in "${!TOOLS[@]}"; do
+  command -v "${TOOLS[$pkg]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${TOOLS[$pkg]}" ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "${SKIP_APT:-}" = 1 ] || ! command -v apt-get >/dev/null; then
+    echo "test.sh: missing tools: ${missing[*]} (and apt-get is not available or SKIP_APT=1)" >&2
+  else
+    step "apt-get install ${missing[*]}"
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq >/dev/null
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+# --- Rust toolchain components ---------------------------------------------------------------
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null; then
+    step "rustup component add rustfmt clippy"
+    rustup component add rustfmt clippy >&2
+  fi
+fi
+
+# --- fixtures (generated once here, shared by all test binaries) -----------------------------
+if [ "${CARTORIO_SKIP_E2E:-}" != 1 ]; then
+  if [ -z "${CARTORIO_FIXTURES:-}" ]; then
+    CARTORIO_FIXTURES=$(mktemp -d "${TMPDIR:-/tmp}/cartorio-fixtures.XXXXXX")
+    trap 'rm -rf "$CARTORIO_FIXTURES"' EXIT
+  fi
+  export CARTORIO_FIXTURES
+  if [ ! -e "$CARTORIO_FIXTURES/.complete" ]; then
+    step "tests/fixtures/make.sh $CARTORIO_FIXTURES"
+    bash tests/fixtures/make.sh "$CARTORIO_FIXTURES"
+  fi
+fi
+
+# --- the checks ------------------------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --all-targets --locked
+
+# doc tests are not covered by --all-targets
+step "cargo test --doc"
+cargo test --doc --locked
+
+step "all tests passed"
