@@ -665,8 +665,6 @@ fn containerd_pulls() {
         &format!("rootfs={}", a("rootfs.tar.zst")),
         &format!("multi={}", a("multiarch-layout")),
     ]);
-    let mnt = ctd.dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
     for (reference, want) in [
         ("fixture/app:v1", "app"),
         ("oci:v1", "app"),
@@ -674,6 +672,13 @@ fn containerd_pulls() {
         ("multi:v1", "amd64"),
     ] {
         let full = format!("{}/{}", s.addr, reference);
+        // A mount point per image: the native snapshotter's bind mounts
+        // stack if one is left behind.
+        let mnt = ctd
+            .dir
+            .path()
+            .join(format!("mnt-{}", reference.replace([':', '/'], "_")));
+        std::fs::create_dir_all(&mnt).unwrap();
         let mut args = vec!["images", "pull", "--plain-http", "--snapshotter", "native"];
         if want == "amd64" {
             args.extend(["--platform", "linux/amd64"]);

@@ -374,12 +374,15 @@ pub fn pull_and_unpack(
         &server.docker_ref(name_tag),
         &format!("oci:{}:t", layout.display()),
     );
-    let bundle = tmp.path().join("bundle");
+    // `raw unpack` lays out only the file tree: the runtime config that
+    // `umoci unpack` also writes would need the image's user to exist in
+    // its /etc/passwd, which is beside the point here.
+    let rootfs = tmp.path().join("rootfs");
     run(Command::new("umoci")
-        .args(["unpack", "--image"])
+        .args(["raw", "unpack", "--image"])
         .arg(format!("{}:t", layout.display()))
-        .arg(&bundle));
-    (tmp, bundle.join("rootfs"))
+        .arg(&rootfs));
+    (tmp, rootfs)
 }
 
 /// Pull NAME:TAG with `skopeo copy ... dir:DIR` (no re-compression).  Returns the dir and the
