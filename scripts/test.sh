@@ -69,8 +69,6 @@ cargo clippy --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --all-targets --locked
 
-# doc tests are not covered by --all-targets
-step "cargo test --doc"
-cargo test --doc --locked
+# (no doc tests: the crate's examples live in the README and the e2e tests)
 
 step "all tests passed"
