@@ -194,8 +194,17 @@ async fn inspect(path: &str, json: bool) -> Result<(), String> {
         .map_err(|e| format!("{path}: {e}"))?;
     let container = match &ar.container {
         Container::Tar(_) => "tar",
-        Container::Compressed(_, archive::Compression::Gzip) => "tar+gzip",
-        Container::Compressed(_, archive::Compression::Zstd) => "tar+zstd",
+        Container::Streamed {
+            compression: None, ..
+        } => "tar, streamed (no range support)",
+        Container::Streamed {
+            compression: Some(archive::Compression::Gzip),
+            ..
+        } => "tar+gzip",
+        Container::Streamed {
+            compression: Some(archive::Compression::Zstd),
+            ..
+        } => "tar+zstd",
         Container::Dir(_) => "directory",
     };
     let images: Vec<serde_json::Value> = ix

@@ -72,8 +72,17 @@ impl Compression {
 /// Where the archive is and how its bytes are laid out.
 #[derive(Debug)]
 pub enum Container {
+    /// A plain tar on a source that honours range reads.
     Tar(Arc<dyn Source>),
-    Compressed(Arc<dyn Source>, Compression),
+    /// A compressed tar, or any tar on a source without range support:
+    /// an entry is reached by reading (and decompressing) from the start.
+    Streamed {
+        source: Arc<dyn Source>,
+        compression: Option<Compression>,
+        /// Whether the source honours ranges (the stored file itself, a
+        /// rootfs layer, can then be range-read).
+        ranged: bool,
+    },
     Dir(PathBuf),
 }
 
@@ -118,9 +127,30 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Decompresses a byte stream.
-fn decoder(stream: ByteStream, c: Compression) -> Box<dyn AsyncRead + Send + Unpin> {
+/// Skips `skip` bytes of a reader and streams the next `len`.
+async fn skip_take(
+    mut r: Box<dyn AsyncRead + Send + Unpin>,
+    skip: u64,
+    len: u64,
+) -> Result<ByteStream, ArchiveError> {
+    let skipped = tokio::io::copy(&mut (&mut r).take(skip), &mut tokio::io::sink())
+        .await
+        .map_err(|e| ArchiveError::Corrupt(format!("reading up to the entry failed: {e}")))?;
+    if skipped != skip {
+        return Err(ArchiveError::Corrupt(
+            "the archive ended before the entry".into(),
+        ));
+    }
+    let body = ReaderStream::with_capacity(r.take(len), 256 * 1024);
+    Ok(Box::pin(body.map_err(other)))
+}
+
+/// Decompresses a byte stream (or passes it through).
+fn decoder(stream: ByteStream, c: Option<Compression>) -> Box<dyn AsyncRead + Send + Unpin> {
     let reader = BufReader::with_capacity(256 * 1024, StreamReader::new(stream));
+    let Some(c) = c else {
+        return Box::new(reader);
+    };
     match c {
         Compression::Gzip => {
             let mut d = async_compression::tokio::bufread::GzipDecoder::new(reader);
@@ -137,22 +167,37 @@ fn decoder(stream: ByteStream, c: Compression) -> Box<dyn AsyncRead + Send + Unp
 
 impl Archive {
     /// Opens a tar (plain or compressed) on `source`: detects compression by
-    /// magic bytes and builds the TOC. A plain tar costs a few range reads;
-    /// a compressed one a full streaming pass.
+    /// magic bytes and builds the TOC. A plain tar on a source that honours
+    /// ranges costs a few range reads; anything else one streaming pass.
     pub async fn open(source: Arc<dyn Source>) -> Result<Archive, ArchiveError> {
         let stat = source.stat().await?;
-        let head = source.read_range(0, 512).await?;
-        if let Some(c) = Compression::sniff(&head) {
-            return Self::open_compressed(source, stat, c).await;
+        let head = match source.read_range(0, 512, Some(&stat)).await {
+            Ok(h) => h,
+            Err(SourceError::RangeUnsupported { .. }) => {
+                tracing::info!(
+                    source = source.url(),
+                    "no range support: indexing with one streaming pass"
+                );
+                return Self::open_streamed(source, stat, false).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if Compression::sniff(&head).is_some() {
+            tracing::info!(
+                source = source.url(),
+                "compressed archive: indexing with one streaming pass"
+            );
+            return Self::open_streamed(source, stat, true).await;
         }
         if head.len() < 512 || !detect::looks_like_tar(&head) {
             return Err(ArchiveError::NotAnArchive);
         }
         let rt = tokio::runtime::Handle::current();
-        let size = stat.size;
         let src = source.clone();
+        let pin = stat.clone();
         let (toc, fetched) = tokio::task::spawn_blocking(move || {
-            let mut reader = toc::RangeReader::new(src, rt, size);
+            let size = pin.size;
+            let mut reader = toc::RangeReader::new(src, rt, pin);
             let toc = {
                 let mut ar = tar::Archive::new(&mut reader);
                 let entries = ar
@@ -173,24 +218,33 @@ impl Archive {
         })
     }
 
-    async fn open_compressed(
+    /// Indexes an archive in one pass over its bytes: decompresses if
+    /// needed, walks the tar, hashes the stored and the uncompressed stream.
+    async fn open_streamed(
         source: Arc<dyn Source>,
         stat: Stat,
-        c: Compression,
+        ranged: bool,
     ) -> Result<Archive, ArchiveError> {
-        tracing::info!(
-            source = source.url(),
-            "compressed archive: indexing with one streaming pass"
-        );
+        let mut raw = source.stream(0, None, Some(&stat)).await?;
+        // Sniff the compression from the first chunk, then put it back.
+        let first = match raw.next().await {
+            Some(c) => c.map_err(|e| ArchiveError::Corrupt(e.to_string()))?,
+            None => return Err(ArchiveError::NotAnArchive),
+        };
+        let compression = Compression::sniff(&first);
         let stored = Arc::new(Mutex::new((Hasher::new(), 0u64)));
         let tap = stored.clone();
-        let raw = source.stream(0, None).await?.inspect_ok(move |b| {
-            if let Ok(mut g) = tap.lock() {
-                g.0.update(b);
-                g.1 += b.len() as u64;
-            }
-        });
-        let dec = decoder(Box::pin(raw), c);
+        let raw: ByteStream = Box::pin(
+            futures_util::stream::once(async move { Ok(first) })
+                .chain(raw)
+                .inspect_ok(move |b| {
+                    if let Ok(mut g) = tap.lock() {
+                        g.0.update(b);
+                        g.1 += b.len() as u64;
+                    }
+                }),
+        );
+        let dec = decoder(raw, compression);
         let (toc, diff_id) = tokio::task::spawn_blocking(move || {
             let mut hr = HashingReader {
                 inner: SyncIoBridge::new(dec),
@@ -224,7 +278,11 @@ impl Archive {
             )));
         }
         Ok(Archive {
-            container: Container::Compressed(source, c),
+            container: Container::Streamed {
+                source,
+                compression,
+                ranged,
+            },
             toc,
             stat,
             fetched: n,
@@ -256,7 +314,7 @@ impl Archive {
 
     pub fn describe(&self) -> String {
         match &self.container {
-            Container::Tar(s) | Container::Compressed(s, _) => s.url().to_string(),
+            Container::Tar(s) | Container::Streamed { source: s, .. } => s.url().to_string(),
             Container::Dir(p) => p.display().to_string(),
         }
     }
@@ -323,26 +381,22 @@ impl Archive {
             )));
         }
         match &self.container {
-            Container::Tar(s) => Ok(s.stream(e.offset + start, Some(len)).await?),
+            Container::Tar(s) => Ok(s
+                .stream(e.offset + start, Some(len), Some(&self.stat))
+                .await?),
             Container::Dir(root) => {
                 let f = FileSource::new(e.name.clone(), root.join(&e.name));
-                Ok(f.stream(start, Some(len)).await?)
+                Ok(f.stream(start, Some(len), None).await?)
             }
-            Container::Compressed(s, c) => {
-                // No random access into a compressed stream: decompress up
-                // to the member. The cache makes this a one-time cost.
-                let mut r = decoder(s.stream(0, None).await?, *c);
-                let skip = e.offset + start;
-                let skipped = tokio::io::copy(&mut (&mut r).take(skip), &mut tokio::io::sink())
-                    .await
-                    .map_err(|e| ArchiveError::Corrupt(format!("decompression failed: {e}")))?;
-                if skipped != skip {
-                    return Err(ArchiveError::Corrupt(
-                        "decompressed stream ended early".into(),
-                    ));
-                }
-                let body = ReaderStream::with_capacity(r.take(len), 256 * 1024);
-                Ok(Box::pin(body.map_err(other)))
+            Container::Streamed {
+                source,
+                compression,
+                ..
+            } => {
+                // No random access: read (and decompress) up to the member.
+                // The cache makes this a one-time cost.
+                let raw = source.stream(0, None, Some(&self.stat)).await?;
+                skip_take(decoder(raw, *compression), e.offset + start, len).await
             }
         }
     }
@@ -350,8 +404,15 @@ impl Archive {
     /// Streams the archive file as stored (a rootfs layer is the file).
     pub async fn whole_stream(&self, start: u64, len: u64) -> Result<ByteStream, ArchiveError> {
         match &self.container {
-            Container::Tar(s) | Container::Compressed(s, _) => {
-                Ok(s.stream(start, Some(len)).await?)
+            Container::Tar(source)
+            | Container::Streamed {
+                source,
+                ranged: true,
+                ..
+            } => Ok(source.stream(start, Some(len), Some(&self.stat)).await?),
+            Container::Streamed { source, .. } => {
+                let raw = source.stream(0, None, Some(&self.stat)).await?;
+                skip_take(decoder(raw, None), start, len).await
             }
             Container::Dir(_) => Err(ArchiveError::Format("a directory is not a layer".into())),
         }
@@ -380,7 +441,7 @@ impl Archive {
                 None
             }
             Some(c) => {
-                let mut r = decoder(tapped, c);
+                let mut r = decoder(tapped, Some(c));
                 let mut h = Hasher::new();
                 let mut buf = vec![0u8; 256 * 1024];
                 loop {

@@ -42,7 +42,7 @@ pub async fn index_rootfs(
 ) -> Result<Indexed, ArchiveError> {
     let compression = match &archive.container {
         Container::Tar(_) => None,
-        Container::Compressed(_, c) => Some(*c),
+        Container::Streamed { compression, .. } => *compression,
         Container::Dir(_) => {
             return Err(ArchiveError::Format(
                 "a directory is served only as an OCI layout (oci-layout + index.json) or a Concourse resource (metadata.json + rootfs)".into(),

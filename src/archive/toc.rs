@@ -267,6 +267,8 @@ pub(crate) fn walk<R: Read>(
 pub(crate) struct RangeReader {
     source: Arc<dyn Source>,
     rt: tokio::runtime::Handle,
+    /// Every read is pinned to this version of the object.
+    pin: crate::source::Stat,
     size: u64,
     pos: u64,
     window: Bytes,
@@ -276,11 +278,16 @@ pub(crate) struct RangeReader {
 }
 
 impl RangeReader {
-    pub fn new(source: Arc<dyn Source>, rt: tokio::runtime::Handle, size: u64) -> RangeReader {
+    pub fn new(
+        source: Arc<dyn Source>,
+        rt: tokio::runtime::Handle,
+        pin: crate::source::Stat,
+    ) -> RangeReader {
         RangeReader {
             source,
             rt,
-            size,
+            size: pin.size,
+            pin,
             pos: 0,
             window: Bytes::new(),
             window_start: 0,
@@ -300,9 +307,10 @@ impl Read for RangeReader {
             let len = WINDOW.max(buf.len() as u64).min(self.size - self.pos);
             let source = self.source.clone();
             let pos = self.pos;
+            let pin = &self.pin;
             let bytes = self
                 .rt
-                .block_on(async move { source.read_range(pos, len).await })
+                .block_on(async move { source.read_range(pos, len, Some(pin)).await })
                 .map_err(io::Error::other)?;
             if bytes.is_empty() {
                 return Ok(0);

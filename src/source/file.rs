@@ -33,6 +33,24 @@ impl FileSource {
         File::open(&self.path).map_err(|e| self.err(e))
     }
 
+    /// Opens the file, checking it is still the version `pin` names. The
+    /// open file keeps reading the same inode even if the path is replaced.
+    fn open_pinned(&self, pin: Option<&Stat>) -> Result<File, SourceError> {
+        let file = self.open()?;
+        if let Some(pin) = pin {
+            let meta = file.metadata().map_err(|e| self.err(e))?;
+            let now = version_of(&meta);
+            if now != pin.version {
+                return Err(SourceError::Changed {
+                    url: self.url.clone(),
+                    expected: pin.version.clone(),
+                    actual: now,
+                });
+            }
+        }
+        Ok(file)
+    }
+
     fn err(&self, e: std::io::Error) -> SourceError {
         if e.kind() == std::io::ErrorKind::NotFound {
             SourceError::NotFound {
@@ -42,6 +60,19 @@ impl FileSource {
             SourceError::io(&self.url, e)
         }
     }
+}
+
+/// mtime, inode and size: a file rewritten in place or replaced by a rename
+/// gets a new version.
+fn version_of(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}.{}-{}-{}",
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ino(),
+        meta.len()
+    )
 }
 
 /// Reads up to `len` bytes at `offset`, short only at end of file.
@@ -73,21 +104,19 @@ impl Source for FileSource {
         if !meta.is_file() {
             return Err(SourceError::io(&self.url, "not a regular file"));
         }
-        use std::os::unix::fs::MetadataExt;
         Ok(Stat {
             size: meta.len(),
-            version: format!(
-                "{}.{}-{}-{}",
-                meta.mtime(),
-                meta.mtime_nsec(),
-                meta.ino(),
-                meta.len()
-            ),
+            version: version_of(&meta),
         })
     }
 
-    async fn read_range(&self, offset: u64, len: u64) -> Result<Bytes, SourceError> {
-        let file = self.open()?;
+    async fn read_range(
+        &self,
+        offset: u64,
+        len: u64,
+        pin: Option<&Stat>,
+    ) -> Result<Bytes, SourceError> {
+        let file = self.open_pinned(pin)?;
         let len = usize::try_from(len).map_err(|e| SourceError::io(&self.url, e))?;
         tokio::task::spawn_blocking(move || pread(&file, offset, len))
             .await
@@ -95,8 +124,13 @@ impl Source for FileSource {
             .map_err(|e| self.err(e))
     }
 
-    async fn stream(&self, offset: u64, len: Option<u64>) -> Result<ByteStream, SourceError> {
-        let file = Arc::new(self.open()?);
+    async fn stream(
+        &self,
+        offset: u64,
+        len: Option<u64>,
+        pin: Option<&Stat>,
+    ) -> Result<ByteStream, SourceError> {
+        let file = Arc::new(self.open_pinned(pin)?);
         let end = len.map(|l| offset.saturating_add(l));
         let url = self.url.clone();
         let s = stream::try_unfold(offset, move |pos| {

@@ -35,6 +35,13 @@ pub enum SourceError {
     },
     #[error("{0}: unsupported source (expected a path or file:// URL)")]
     Unsupported(String),
+    /// The server answered a range request with the whole object: the
+    /// caller falls back to one streaming pass.
+    #[error("{url}: the server does not honour range requests")]
+    RangeUnsupported { url: String },
+    /// 401/403: credentials missing or wrong. Never carries the secret.
+    #[error("{url}: access denied ({status})")]
+    Denied { url: String, status: u16 },
 }
 
 impl SourceError {
@@ -55,11 +62,24 @@ pub trait Source: Send + Sync + fmt::Debug + 'static {
     async fn stat(&self) -> Result<Stat, SourceError>;
 
     /// Up to `len` bytes from `offset`; fewer only at the end of the object.
-    async fn read_range(&self, offset: u64, len: u64) -> Result<Bytes, SourceError>;
+    /// With `pin`, the read fails with [`SourceError::Changed`] unless the
+    /// object is still at that version (If-Match), so bytes of two
+    /// versions are never mixed.
+    async fn read_range(
+        &self,
+        offset: u64,
+        len: u64,
+        pin: Option<&Stat>,
+    ) -> Result<Bytes, SourceError>;
 
     /// A stream of the bytes `offset..offset+len` (to the end when `len` is
-    /// None), read in large chunks.
-    async fn stream(&self, offset: u64, len: Option<u64>) -> Result<ByteStream, SourceError>;
+    /// None), read in large chunks; `pin` as for `read_range`.
+    async fn stream(
+        &self,
+        offset: u64,
+        len: Option<u64>,
+        pin: Option<&Stat>,
+    ) -> Result<ByteStream, SourceError>;
 }
 
 /// Opens a source from a path or URL. Relative paths are taken relative to
