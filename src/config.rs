@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::catalog::Template;
 use crate::image::{ImageConfig, RepoName, Tag};
+use crate::source::{HttpOptions, S3Options, SourceOptions};
 
 /// The address `proxy` and `serve` listen on unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
@@ -41,7 +43,23 @@ pub struct ImageSpec {
     /// this name (used by `serve PATH` without a name).
     pub only_name: Option<RepoName>,
     pub config: ImageConfig,
+    pub options: SourceOptions,
     /// Where in the config it was defined, for errors at start-up.
+    pub origin: String,
+}
+
+/// A templated route: every repository under `prefix` is an archive whose
+/// URL is `template` with `{repo}` (the rest of the name) and `{tag}`
+/// filled in.
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    /// `""` or a repository name followed by `/`.
+    pub prefix: String,
+    pub template: Template,
+    /// For a template without `{tag}`: which image of each archive.
+    pub select: Option<String>,
+    pub config: ImageConfig,
+    pub options: SourceOptions,
     pub origin: String,
 }
 
@@ -59,6 +77,7 @@ pub struct CacheConfig {
 pub struct Config {
     pub listen: String,
     pub images: Vec<ImageSpec>,
+    pub routes: Vec<RouteSpec>,
     pub cache: CacheConfig,
     /// Relative sources are resolved against this (the config's folder).
     pub base: PathBuf,
@@ -83,6 +102,10 @@ struct RawImage {
     select: Option<String>,
     #[serde(default)]
     config: ImageConfig,
+    #[serde(default)]
+    http: HttpOptions,
+    #[serde(default)]
+    s3: S3Options,
 }
 
 fn line_of(text: &str, span: Range<usize>) -> usize {
@@ -113,7 +136,50 @@ impl Config {
             message,
         };
         let mut images = Vec::new();
+        let mut routes = Vec::new();
         for img in raw.image {
+            let origin = format!("{}:{}", path.display(), line_of(text, img.name.span()));
+            let options = SourceOptions {
+                http: img.http,
+                s3: img.s3,
+            };
+            if img.name.get_ref().contains('{') {
+                let Some(prefix) = img.name.get_ref().strip_suffix("{repo}") else {
+                    return Err(invalid(
+                        img.name.span(),
+                        "a templated name is PREFIX/{repo} or {repo}".into(),
+                    ));
+                };
+                if !prefix.is_empty()
+                    && prefix
+                        .strip_suffix('/')
+                        .and_then(|p| p.parse::<RepoName>().ok())
+                        .is_none()
+                {
+                    return Err(invalid(
+                        img.name.span(),
+                        format!("{prefix:?} is not a repository name followed by /"),
+                    ));
+                }
+                let template = Template::parse(img.source.get_ref())
+                    .map_err(|e| invalid(img.source.span(), e))?;
+                if img.tags.is_some() {
+                    return Err(invalid(
+                        img.name.span(),
+                        "a templated route takes its tags from {tag} or the archives; drop `tags`"
+                            .into(),
+                    ));
+                }
+                routes.push(RouteSpec {
+                    prefix: prefix.to_string(),
+                    template,
+                    select: img.select,
+                    config: img.config,
+                    options,
+                    origin,
+                });
+                continue;
+            }
             let name: RepoName = img
                 .name
                 .get_ref()
@@ -141,10 +207,11 @@ impl Config {
                 select: img.select,
                 only_name: None,
                 config: img.config,
-                origin: format!("{}:{}", path.display(), line_of(text, img.name.span())),
+                options,
+                origin,
             });
         }
-        if images.is_empty() {
+        if images.is_empty() && routes.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line: 1,
@@ -154,6 +221,7 @@ impl Config {
         Ok(Config {
             listen: raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
             images,
+            routes,
             cache: raw.cache,
             base: base.to_path_buf(),
         })

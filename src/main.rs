@@ -10,6 +10,7 @@ use cartorio::archive::{self, ArchiveRef, Container, Root};
 use cartorio::catalog::{Catalog, Location};
 use cartorio::config::{Config, DEFAULT_LISTEN, ImageSpec};
 use cartorio::image::{ImageConfig, RepoName, Tag};
+use cartorio::source::Sources;
 
 #[derive(Parser)]
 #[command(
@@ -82,7 +83,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Proxy { config, listen } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
-            let catalog = Catalog::new(cfg.images, Some(&cfg.base)).await?;
+            let catalog =
+                Catalog::new(cfg.images, cfg.routes, Sources::new(), Some(&cfg.base)).await?;
             serve(catalog, &listen.unwrap_or(cfg.listen)).await
         }
         Command::Serve { listen, archives } => {
@@ -90,7 +92,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             for a in &archives {
                 specs.extend(serve_specs(a).await?);
             }
-            let catalog = Catalog::new(specs, None).await?;
+            let catalog = Catalog::new(specs, Vec::new(), Sources::new(), None).await?;
             serve(catalog, &listen).await
         }
         Command::Inspect { path, json } => inspect(&path, json).await,
@@ -150,13 +152,15 @@ async fn serve_specs(arg: &str) -> Result<Vec<ImageSpec>, String> {
             select: None,
             only_name: only,
             config: ImageConfig::default(),
+            options: Default::default(),
             origin: format!("argument {arg:?}"),
         };
     if let Some((name, tag, path)) = named {
         return Ok(vec![spec(name, tag.map(|t| vec![t]), None, path)]);
     }
     // No name given: serve every name the archive records.
-    let location = Location::open(arg, None).map_err(|e| e.to_string())?;
+    let location = Location::open(&Sources::new(), arg, &Default::default(), None)
+        .map_err(|e| e.to_string())?;
     let ar = location
         .open_archive()
         .await
@@ -184,7 +188,8 @@ async fn serve_specs(arg: &str) -> Result<Vec<ImageSpec>, String> {
 }
 
 async fn inspect(path: &str, json: bool) -> Result<(), String> {
-    let location = Location::open(path, None).map_err(|e| e.to_string())?;
+    let location = Location::open(&Sources::new(), path, &Default::default(), None)
+        .map_err(|e| e.to_string())?;
     let ar = location
         .open_archive()
         .await

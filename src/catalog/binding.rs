@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::archive::{self, Archive, ArchiveError, ArchiveRef, Indexed, Root};
 use crate::config::ImageSpec;
 use crate::image::{Digest, Tag};
-use crate::source::{self, Source, SourceError};
+use crate::source::{Source, SourceError, SourceOptions, Sources};
 
 /// Where an archive is: a tar behind a source, or a local directory.
 #[derive(Debug, Clone)]
@@ -21,7 +21,12 @@ pub enum Location {
 impl Location {
     /// Resolves a configured source. A local path that is a directory is a
     /// layout folder; anything else goes through [`source::open`].
-    pub fn open(url: &str, base: Option<&std::path::Path>) -> Result<Location, SourceError> {
+    pub fn open(
+        sources: &Sources,
+        url: &str,
+        opts: &SourceOptions,
+        base: Option<&std::path::Path>,
+    ) -> Result<Location, SourceError> {
         let local = match url.strip_prefix("file://") {
             Some(p) => Some(PathBuf::from(p)),
             None if !url.contains("://") => Some(match base {
@@ -35,7 +40,7 @@ impl Location {
         {
             return Ok(Location::Dir(p));
         }
-        Ok(Location::Tar(source::open(url, base)?))
+        Ok(Location::Tar(sources.open(url, opts, base)?))
     }
 
     pub async fn open_archive(&self) -> Result<Arc<Archive>, ArchiveError> {

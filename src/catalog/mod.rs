@@ -84,35 +84,58 @@ pub trait Images: Send + Sync + 'static {
 }
 
 mod binding;
+mod template;
 mod verify;
 
 pub use binding::{Binding, LoadError, Loaded, Location};
+pub use template::Template;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::archive::{BlobAt, Root};
-use crate::config::ImageSpec;
+use crate::config::{ImageSpec, RouteSpec};
 use crate::image::media;
+use crate::source::Sources;
+
+/// How many route bindings (one per repository and tag of a templated
+/// route) are kept; the least recently used are dropped past that.
+const MAX_ROUTE_BINDINGS: u64 = 4096;
+
+/// A route binding's key: route index, the `{repo}` value, the tag.
+type RouteKey = (usize, String, Option<Tag>);
 
 /// The configured repositories and the archives behind them.
 pub struct Catalog {
     repos: BTreeMap<RepoName, Vec<Arc<Binding>>>,
+    routes: Vec<RouteSpec>,
+    route_bindings: moka::sync::Cache<RouteKey, Arc<Binding>>,
+    sources: Sources,
+    base: Option<PathBuf>,
+}
+
+/// The bindings that may hold a repository's images.
+enum Repo<'a> {
+    Static(&'a [Arc<Binding>]),
+    Route(usize, String),
 }
 
 impl Catalog {
-    /// Builds the catalog and opens every source. A source that cannot be
-    /// opened at all (no such file, unsupported URL) is an error here, so
-    /// the server does not start half-configured; a source whose archive is
-    /// malformed is logged and answers errors for that image only.
+    /// Builds the catalog and opens every static source. A source that
+    /// cannot be opened at all (no such file, unsupported URL) is an error
+    /// here, so the server does not start half-configured; a source whose
+    /// archive is malformed is logged and answers errors for that image only.
     pub async fn new(
         specs: Vec<ImageSpec>,
+        routes: Vec<RouteSpec>,
+        sources: Sources,
         base: Option<&std::path::Path>,
     ) -> Result<Catalog, String> {
         let mut repos: BTreeMap<RepoName, Vec<Arc<Binding>>> = BTreeMap::new();
         for spec in specs {
-            let location =
-                Location::open(&spec.source, base).map_err(|e| format!("{}: {e}", spec.origin))?;
+            let location = Location::open(&sources, &spec.source, &spec.options, base)
+                .map_err(|e| format!("{}: {e}", spec.origin))?;
             if let Location::Tar(s) = &location {
                 s.stat()
                     .await
@@ -123,23 +146,97 @@ impl Catalog {
                 .or_default()
                 .push(Arc::new(Binding::new(spec, location)));
         }
-        let catalog = Catalog { repos };
-        // Index everything now, concurrently, so the first pull is fast and
-        // broken archives are reported at start-up.
-        let all: Vec<_> = catalog.bindings().cloned().collect();
+        let catalog = Catalog {
+            repos,
+            routes,
+            route_bindings: moka::sync::Cache::new(MAX_ROUTE_BINDINGS),
+            sources,
+            base: base.map(PathBuf::from),
+        };
+        // Index every static image now, concurrently, so the first pull is
+        // fast and broken archives are reported at start-up.
+        let all: Vec<_> = catalog.repos.values().flatten().cloned().collect();
         futures_util::future::join_all(all.iter().map(|b| b.current())).await;
         Ok(catalog)
     }
 
-    fn bindings(&self) -> impl Iterator<Item = &Arc<Binding>> {
-        self.repos.values().flatten()
+    fn repo(&self, repo: &RepoName) -> Result<Repo<'_>, CatalogError> {
+        if let Some(b) = self.repos.get(repo) {
+            return Ok(Repo::Static(b));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Some(rest) = repo.as_str().strip_prefix(&r.prefix)
+                && !rest.is_empty()
+            {
+                return Ok(Repo::Route(i, rest.to_string()));
+            }
+        }
+        Err(CatalogError::NameUnknown(repo.clone()))
     }
 
-    fn repo(&self, repo: &RepoName) -> Result<&[Arc<Binding>], CatalogError> {
-        self.repos
-            .get(repo)
-            .map(Vec::as_slice)
-            .ok_or_else(|| CatalogError::NameUnknown(repo.clone()))
+    /// The binding for one archive of a templated route. The name and tag
+    /// were validated by parsing; only then are they put into the URL.
+    fn route_binding(
+        &self,
+        repo: &RepoName,
+        route: usize,
+        rest: &str,
+        tag: Option<&Tag>,
+    ) -> Result<Arc<Binding>, CatalogError> {
+        let r = &self.routes[route];
+        let tag = tag.filter(|_| r.template.has_tag()).cloned();
+        let key = (route, rest.to_string(), tag.clone());
+        self.route_bindings
+            .try_get_with(key, || {
+                let source = r.template.fill(rest, tag.as_ref());
+                let spec = ImageSpec {
+                    name: repo.clone(),
+                    source: source.clone(),
+                    tags: tag.clone().map(|t| vec![t]),
+                    select: r.select.clone(),
+                    only_name: None,
+                    config: r.config.clone(),
+                    options: r.options.clone(),
+                    origin: r.origin.clone(),
+                };
+                let location =
+                    Location::open(&self.sources, &source, &r.options, self.base.as_deref())?;
+                Ok::<_, crate::source::SourceError>(Arc::new(Binding::new(spec, location)))
+            })
+            .map_err(|e| CatalogError::Source(r.origin.clone(), e.to_string()))
+    }
+
+    /// The bindings that may serve `tag` in `repo`.
+    fn bindings_for_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Vec<Arc<Binding>>, CatalogError> {
+        match self.repo(repo)? {
+            Repo::Static(b) => Ok(b.to_vec()),
+            Repo::Route(i, rest) => Ok(vec![self.route_binding(repo, i, &rest, Some(tag))?]),
+        }
+    }
+
+    /// The bindings of `repo` that may hold a digest: for a route with
+    /// `{tag}`, the archives of tags already asked for.
+    fn bindings_known(&self, repo: &RepoName) -> Result<Vec<Arc<Binding>>, CatalogError> {
+        match self.repo(repo)? {
+            Repo::Static(b) => Ok(b.to_vec()),
+            Repo::Route(i, rest) if !self.routes[i].template.has_tag() => {
+                Ok(vec![self.route_binding(repo, i, &rest, None)?])
+            }
+            Repo::Route(i, rest) => {
+                let mut found: Vec<(Option<Tag>, Arc<Binding>)> = self
+                    .route_bindings
+                    .iter()
+                    .filter(|(k, _)| k.0 == i && k.1 == rest)
+                    .map(|(k, b)| (k.2.clone(), b))
+                    .collect();
+                found.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(found.into_iter().map(|(_, b)| b).collect())
+            }
+        }
     }
 
     /// Finds a digest among the bindings of a repository.
@@ -148,7 +245,7 @@ impl Catalog {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<Arc<Loaded>>, CatalogError> {
-        for b in self.repo(repo)? {
+        for b in self.bindings_known(repo)? {
             // A source that fails now may still have a good index from
             // before; its blobs are verified as they stream anyway.
             let Some(loaded) = b.current().await.ok().or_else(|| b.last()) else {
@@ -159,6 +256,22 @@ impl Catalog {
             }
         }
         Ok(None)
+    }
+
+    /// Lists a prefix of a route's source, logging (not failing) when the
+    /// source cannot list or the listing fails.
+    async fn list(&self, route: &RouteSpec, prefix: &str) -> Option<Vec<String>> {
+        match self
+            .sources
+            .list(prefix, &route.options, self.base.as_deref())
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(route = route.origin, "cannot list {prefix}: {e}");
+                None
+            }
+        }
     }
 }
 
@@ -194,12 +307,11 @@ impl Images for Catalog {
             Reference::Tag(tag) => {
                 let mut broken = None;
                 let mut hit = None;
-                for b in self.repo(repo)? {
+                for b in self.bindings_for_tag(repo, tag)? {
                     match b.current().await {
                         Ok(l) => {
                             if let Some(root) = l.tags.get(tag) {
-                                let d = choose(root, accept);
-                                hit = Some((l, d));
+                                hit = Some((l.clone(), choose(root, accept)));
                                 break;
                             }
                         }
@@ -312,17 +424,60 @@ impl Images for Catalog {
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>, CatalogError> {
-        let mut tags = std::collections::BTreeSet::new();
-        for b in self.repo(repo)? {
-            if let Ok(l) = b.current().await {
-                tags.extend(l.tags.keys().cloned());
+        let mut tags = BTreeSet::new();
+        let bindings = match self.repo(repo)? {
+            Repo::Route(i, rest) if self.routes[i].template.has_tag() => {
+                let r = &self.routes[i];
+                let prefix = r.template.tag_prefix(&rest).unwrap_or_default();
+                match self.list(r, &prefix).await {
+                    Some(urls) => {
+                        tags.extend(
+                            urls.iter()
+                                .filter_map(|u| r.template.parse_url(u))
+                                .filter(|(p, _)| *p == rest)
+                                .filter_map(|(_, t)| t),
+                        );
+                        if tags.is_empty() {
+                            return Err(CatalogError::NameUnknown(repo.clone()));
+                        }
+                        return Ok(tags.into_iter().collect());
+                    }
+                    // Not listable (HTTP): the tags pulled so far.
+                    None => self.bindings_known(repo)?,
+                }
             }
+            _ => self.bindings_known(repo)?,
+        };
+        let mut any = false;
+        for b in bindings {
+            match b.current().await {
+                Ok(l) => {
+                    any = true;
+                    tags.extend(l.tags.keys().cloned());
+                }
+                Err(e) if e.missing => {}
+                Err(_) => any = true,
+            }
+        }
+        if !any && matches!(self.repo(repo)?, Repo::Route(..)) {
+            return Err(CatalogError::NameUnknown(repo.clone()));
         }
         Ok(tags.into_iter().collect())
     }
 
     async fn repositories(&self) -> Vec<RepoName> {
-        self.repos.keys().cloned().collect()
+        let mut out: BTreeSet<RepoName> = self.repos.keys().cloned().collect();
+        for r in &self.routes {
+            let Some(urls) = self.list(r, &r.template.list_prefix()).await else {
+                continue;
+            };
+            out.extend(
+                urls.iter()
+                    .filter_map(|u| r.template.parse_url(u))
+                    .filter_map(|(rest, _)| format!("{}{rest}", r.prefix).parse().ok()),
+            );
+        }
+        out.into_iter().collect()
     }
 
     async fn referrers(
@@ -331,7 +486,7 @@ impl Images for Catalog {
         digest: &Digest,
     ) -> Result<Vec<serde_json::Value>, CatalogError> {
         let mut out = Vec::new();
-        for b in self.repo(repo)? {
+        for b in self.bindings_known(repo)? {
             if let Ok(l) = b.current().await
                 && l.digests.contains(digest)
             {

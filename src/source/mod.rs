@@ -98,3 +98,93 @@ pub fn open(url: &str, base: Option<&std::path::Path>) -> Result<Arc<dyn Source>
     };
     Ok(Arc::new(FileSource::new(url.to_string(), path)))
 }
+
+/// Per-source settings (`[image.http]`, `[image.s3]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceOptions {
+    #[serde(default)]
+    pub http: HttpOptions,
+    #[serde(default)]
+    pub s3: S3Options,
+}
+
+/// Settings for http(s) sources.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpOptions {}
+
+/// Settings for s3 sources.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Options {}
+
+/// Opens sources and lists prefixes, sharing clients between them.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {}
+
+impl Sources {
+    pub fn new() -> Sources {
+        Sources {}
+    }
+
+    pub fn open(
+        &self,
+        url: &str,
+        _opts: &SourceOptions,
+        base: Option<&std::path::Path>,
+    ) -> Result<Arc<dyn Source>, SourceError> {
+        open(url, base)
+    }
+
+    /// Full URLs (or paths, for paths) of the objects under a prefix,
+    /// sorted; None when the kind of source cannot list.
+    pub async fn list(
+        &self,
+        prefix_url: &str,
+        _opts: &SourceOptions,
+        base: Option<&std::path::Path>,
+    ) -> Result<Option<Vec<String>>, SourceError> {
+        if prefix_url.contains("://") && !prefix_url.starts_with("file://") {
+            return Ok(None);
+        }
+        let (scheme, raw) = match prefix_url.strip_prefix("file://") {
+            Some(r) => ("file://", r),
+            None => ("", prefix_url),
+        };
+        let full = match base {
+            Some(b) if std::path::Path::new(raw).is_relative() => b.join(raw).display().to_string(),
+            _ => raw.to_string(),
+        };
+        // List the folder the prefix ends in, keep what starts with it.
+        let dir = match full.rfind('/') {
+            Some(i) => full[..=i].to_string(),
+            None => "./".to_string(),
+        };
+        let strip = full.len() - raw.len();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut stack = vec![std::path::PathBuf::from(&dir)];
+            while let Some(d) = stack.pop() {
+                let Ok(rd) = std::fs::read_dir(&d) else {
+                    continue;
+                };
+                for e in rd.flatten() {
+                    let p = e.path();
+                    let Ok(ft) = e.file_type() else { continue };
+                    let s = p.display().to_string();
+                    if ft.is_dir() {
+                        stack.push(p);
+                    } else if ft.is_file() && s.starts_with(&full) {
+                        out.push(format!("{scheme}{}", &s[strip..]));
+                    }
+                }
+            }
+            out.sort();
+            out
+        })
+        .await
+        .map_err(|e| SourceError::io(prefix_url, e))?;
+        Ok(Some(out))
+    }
+}

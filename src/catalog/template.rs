@@ -1,0 +1,199 @@
+//! URL templates of templated routes: `s3://bucket/builds/{repo}/{tag}/image.tar`.
+//! Values are substituted only after they parsed as a [`RepoName`] or a
+//! [`Tag`], so nothing a client sends can add `..`, `%`-escapes or extra
+//! path components beyond what the grammar allows.
+use crate::image::{RepoName, Tag};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Lit(String),
+    Repo,
+    Tag,
+}
+
+/// A parsed source template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+impl Template {
+    /// Parses a template; `{repo}` must appear once, `{tag}` at most once,
+    /// and no other `{...}`.
+    pub fn parse(s: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(i) = rest.find('{') {
+            if i > 0 {
+                parts.push(Part::Lit(rest[..i].to_string()));
+            }
+            let end = rest[i..]
+                .find('}')
+                .ok_or_else(|| format!("unclosed {{ in {s:?}"))?;
+            match &rest[i + 1..i + end] {
+                "repo" => parts.push(Part::Repo),
+                "tag" => parts.push(Part::Tag),
+                other => {
+                    return Err(format!(
+                        "unknown placeholder {{{other}}} in {s:?} (use {{repo}} and {{tag}})"
+                    ));
+                }
+            }
+            rest = &rest[i + end + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Lit(rest.to_string()));
+        }
+        let count = |p: Part| parts.iter().filter(|x| **x == p).count();
+        if count(Part::Repo) != 1 || count(Part::Tag) > 1 {
+            return Err(format!(
+                "{s:?} must contain {{repo}} once and {{tag}} at most once"
+            ));
+        }
+        if parts
+            .windows(2)
+            .any(|w| !matches!(w[0], Part::Lit(_)) && !matches!(w[1], Part::Lit(_)))
+        {
+            return Err(format!(
+                "{s:?}: {{repo}} and {{tag}} must be separated by text"
+            ));
+        }
+        Ok(Template { parts })
+    }
+
+    pub fn has_tag(&self) -> bool {
+        self.parts.contains(&Part::Tag)
+    }
+
+    /// The URL for a repository (the part a route's prefix matched) and tag.
+    pub fn fill(&self, repo: &str, tag: Option<&Tag>) -> String {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Lit(s) => out.push_str(s),
+                Part::Repo => out.push_str(repo),
+                Part::Tag => out.push_str(tag.map(Tag::as_str).unwrap_or("")),
+            }
+        }
+        out
+    }
+
+    /// The literal text before the first placeholder: what to list for
+    /// `_catalog`.
+    pub fn list_prefix(&self) -> String {
+        match self.parts.first() {
+            Some(Part::Lit(s)) => s.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// The text before `{tag}` with `{repo}` filled: what to list for a
+    /// repository's tags.
+    pub fn tag_prefix(&self, repo: &str) -> Option<String> {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Lit(s) => out.push_str(s),
+                Part::Repo => out.push_str(repo),
+                Part::Tag => return Some(out),
+            }
+        }
+        None
+    }
+
+    /// Recovers `(repo, tag)` from a listed URL, when it matches and both
+    /// parse as a repository name and a tag.
+    pub fn parse_url(&self, url: &str) -> Option<(String, Option<Tag>)> {
+        let mut repo = None;
+        let mut tag = None;
+        if !matches(&self.parts, url, &mut repo, &mut tag) {
+            return None;
+        }
+        let repo: String = repo?;
+        repo.parse::<RepoName>().ok()?;
+        let tag = match tag {
+            Some(t) => Some(t.parse::<Tag>().ok()?),
+            None => None,
+        };
+        Some((repo, tag))
+    }
+}
+
+/// Backtracking match; `{tag}` never spans a `/`. Templates have at most
+/// two placeholders, so this is cheap.
+fn matches(parts: &[Part], s: &str, repo: &mut Option<String>, tag: &mut Option<String>) -> bool {
+    let Some((first, rest)) = parts.split_first() else {
+        return s.is_empty();
+    };
+    match first {
+        Part::Lit(l) => s
+            .strip_prefix(l.as_str())
+            .is_some_and(|r| matches(rest, r, repo, tag)),
+        Part::Repo | Part::Tag => {
+            let is_tag = *first == Part::Tag;
+            for (i, c) in s.char_indices().map(|(i, c)| (i + c.len_utf8(), c)) {
+                if is_tag && c == '/' {
+                    break;
+                }
+                if matches(rest, &s[i..], repo, tag) {
+                    let v = Some(s[..i].to_string());
+                    if is_tag {
+                        *tag = v;
+                    } else {
+                        *repo = v;
+                    }
+                    return true;
+                }
+            }
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_and_parses_back() {
+        let t = Template::parse("s3://artifacts/builds/{repo}/{tag}/image.tar").unwrap();
+        assert!(t.has_tag());
+        let tag: Tag = "v1.2".parse().unwrap();
+        let url = t.fill("team/app", Some(&tag));
+        assert_eq!(url, "s3://artifacts/builds/team/app/v1.2/image.tar");
+        assert_eq!(t.parse_url(&url), Some(("team/app".to_string(), Some(tag))));
+        assert_eq!(t.list_prefix(), "s3://artifacts/builds/");
+        assert_eq!(
+            t.tag_prefix("team/app").unwrap(),
+            "s3://artifacts/builds/team/app/"
+        );
+        // Keys that do not fit the template, or whose parts are not a
+        // valid name and tag, are not images.
+        assert_eq!(t.parse_url("s3://artifacts/builds/app/v1/other.tar"), None);
+        assert_eq!(t.parse_url("s3://artifacts/builds/App/v1/image.tar"), None);
+        assert_eq!(t.parse_url("s3://artifacts/builds/app/.v1/image.tar"), None);
+        assert_eq!(t.parse_url("s3://artifacts/builds/image.tar"), None);
+    }
+
+    #[test]
+    fn without_a_tag() {
+        let t = Template::parse("/srv/{repo}.tar").unwrap();
+        assert!(!t.has_tag());
+        assert_eq!(t.fill("a/b", None), "/srv/a/b.tar");
+        assert_eq!(t.parse_url("/srv/a/b.tar"), Some(("a/b".to_string(), None)));
+        assert_eq!(t.tag_prefix("a"), None);
+    }
+
+    #[test]
+    fn rejects_bad_templates() {
+        for bad in [
+            "s3://b/{tag}",
+            "s3://b/{repo}/{repo}",
+            "s3://b/{repo}{tag}",
+            "s3://b/{name}",
+            "s3://b/{repo",
+        ] {
+            assert!(Template::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
