@@ -81,12 +81,16 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Relative sources are resolved against this (the config's folder).
     pub base: PathBuf,
+    /// How long an archive's version is trusted before the source is asked
+    /// again.
+    pub revalidate: std::time::Duration,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    revalidate: Option<Spanned<String>>,
     #[serde(default)]
     image: Vec<RawImage>,
     #[serde(default)]
@@ -106,6 +110,21 @@ struct RawImage {
     http: HttpOptions,
     #[serde(default)]
     s3: S3Options,
+}
+
+/// Parses `500ms`, `1s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = s[..split].parse().ok()?;
+    let ms = match &s[split..] {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
 }
 
 fn line_of(text: &str, span: Range<usize>) -> usize {
@@ -218,7 +237,14 @@ impl Config {
                 message: "no [[image]] is configured".into(),
             });
         }
+        let revalidate = match &raw.revalidate {
+            None => crate::catalog::DEFAULT_REVALIDATE,
+            Some(s) => parse_duration(s.get_ref()).ok_or_else(|| {
+                invalid(s.span(), format!("revalidate = {:?}: expected a duration such as \"500ms\", \"1s\" or \"5m\"", s.get_ref()))
+            })?,
+        };
         Ok(Config {
+            revalidate,
             listen: raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
             images,
             routes,
@@ -288,5 +314,39 @@ dir = "/var/cache/cartorio"
         );
 
         assert!(parse("").unwrap_err().to_string().contains("no [[image]]"));
+
+        let e = parse("revalidate = \"soon\"\n[[image]]\nname = \"a\"\nsource = \"a.tar\"\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("images.toml:1: revalidate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_and_routes() {
+        assert_eq!(
+            parse_duration("500ms"),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration("2m"),
+            Some(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(parse_duration("1"), None);
+        assert_eq!(parse_duration("s"), None);
+        let c = parse("revalidate = \"30s\"\n[[image]]\nname = \"builds/{repo}\"\nsource = \"s3://b/{repo}/{tag}.tar\"\n").unwrap();
+        assert_eq!(c.revalidate, std::time::Duration::from_secs(30));
+        assert_eq!(c.routes[0].prefix, "builds/");
+        assert!(c.routes[0].template.has_tag());
+        for bad in [
+            "name = \"builds/{repo}/x\"\nsource = \"/s/{repo}.tar\"",
+            "name = \"Bad/{repo}\"\nsource = \"/s/{repo}.tar\"",
+            "name = \"b/{repo}\"\nsource = \"/s/{tag}.tar\"",
+            "name = \"b/{repo}\"\nsource = \"/s/{repo}.tar\"\ntags = [\"x\"]",
+        ] {
+            let e = parse(&format!("[[image]]\n{bad}\n")).unwrap_err();
+            assert!(e.to_string().starts_with("images.toml:"), "{e}");
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use cartorio::archive::{self, ArchiveRef, Container, Root};
-use cartorio::catalog::{Catalog, Location};
+use cartorio::catalog::{Catalog, DEFAULT_REVALIDATE, Location};
 use cartorio::config::{Config, DEFAULT_LISTEN, ImageSpec};
 use cartorio::image::{ImageConfig, RepoName, Tag};
 use cartorio::source::Sources;
@@ -83,8 +83,14 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Proxy { config, listen } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
-            let catalog =
-                Catalog::new(cfg.images, cfg.routes, Sources::new(), Some(&cfg.base)).await?;
+            let catalog = Catalog::new(
+                cfg.images,
+                cfg.routes,
+                Sources::new(),
+                Some(&cfg.base),
+                cfg.revalidate,
+            )
+            .await?;
             serve(catalog, &listen.unwrap_or(cfg.listen)).await
         }
         Command::Serve { listen, archives } => {
@@ -92,7 +98,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             for a in &archives {
                 specs.extend(serve_specs(a).await?);
             }
-            let catalog = Catalog::new(specs, Vec::new(), Sources::new(), None).await?;
+            let catalog =
+                Catalog::new(specs, Vec::new(), Sources::new(), None, DEFAULT_REVALIDATE).await?;
             serve(catalog, &listen).await
         }
         Command::Inspect { path, json } => inspect(&path, json).await,

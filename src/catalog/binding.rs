@@ -102,10 +102,15 @@ impl std::fmt::Display for LoadError {
     }
 }
 
-/// How long a checked version is trusted before the source is asked again.
-/// Keeps a busy tag from costing a stat per request while a replaced
-/// archive is still noticed within a second.
-const REVALIDATE: Duration = Duration::from_secs(1);
+/// How long a checked version is trusted before the source is asked again,
+/// by default. Keeps a busy tag from costing a stat (a HEAD, remotely) per
+/// request while a replaced archive is still noticed within a second.
+pub const DEFAULT_REVALIDATE: Duration = Duration::from_secs(1);
+
+/// On a miss (a tag the index lacks) the source is asked again, but not
+/// more often than this, so a client asking for unknown tags in a loop
+/// cannot turn every request into an upstream request.
+const MISS_RECHECK: Duration = Duration::from_millis(100);
 
 /// The last load: the version it was for, when that was last confirmed,
 /// and its outcome (an error is kept too, so a broken archive is not
@@ -123,21 +128,23 @@ pub struct Binding {
     snapshot: RwLock<Option<Arc<Snapshot>>>,
     /// One revalidation or load at a time.
     loading: tokio::sync::Mutex<()>,
+    revalidate: Duration,
 }
 
 impl Binding {
-    pub fn new(spec: ImageSpec, location: Location) -> Binding {
+    pub fn new(spec: ImageSpec, location: Location, revalidate: Duration) -> Binding {
         Binding {
             spec,
             location,
             snapshot: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
+            revalidate,
         }
     }
 
-    fn fresh(&self) -> Option<Arc<Snapshot>> {
+    fn fresh(&self, within: Duration) -> Option<Arc<Snapshot>> {
         let s = self.snapshot.read().ok()?.clone()?;
-        (s.checked.elapsed() < REVALIDATE).then_some(s)
+        (s.checked.elapsed() < within).then_some(s)
     }
 
     fn store(&self, s: Snapshot) {
@@ -149,11 +156,21 @@ impl Binding {
     /// The index for the archive as it is now: re-indexed when its version
     /// changed, the cached result (or error) otherwise.
     pub async fn current(&self) -> Result<Arc<Loaded>, LoadError> {
-        if let Some(s) = self.fresh() {
+        self.checked_within(self.revalidate).await
+    }
+
+    /// Like [`Binding::current`], after a miss: asks the source again
+    /// unless it was asked very recently.
+    pub async fn recheck(&self) -> Result<Arc<Loaded>, LoadError> {
+        self.checked_within(MISS_RECHECK.min(self.revalidate)).await
+    }
+
+    async fn checked_within(&self, within: Duration) -> Result<Arc<Loaded>, LoadError> {
+        if let Some(s) = self.fresh(within) {
             return s.result.clone();
         }
         let _one = self.loading.lock().await;
-        if let Some(s) = self.fresh() {
+        if let Some(s) = self.fresh(within) {
             return s.result.clone();
         }
         let version = match self.location.version().await {

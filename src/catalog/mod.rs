@@ -87,7 +87,7 @@ mod binding;
 mod template;
 mod verify;
 
-pub use binding::{Binding, LoadError, Loaded, Location};
+pub use binding::{Binding, DEFAULT_REVALIDATE, LoadError, Loaded, Location};
 pub use template::Template;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,6 +113,7 @@ pub struct Catalog {
     route_bindings: moka::sync::Cache<RouteKey, Arc<Binding>>,
     sources: Sources,
     base: Option<PathBuf>,
+    revalidate: std::time::Duration,
 }
 
 /// The bindings that may hold a repository's images.
@@ -131,6 +132,7 @@ impl Catalog {
         routes: Vec<RouteSpec>,
         sources: Sources,
         base: Option<&std::path::Path>,
+        revalidate: std::time::Duration,
     ) -> Result<Catalog, String> {
         let mut repos: BTreeMap<RepoName, Vec<Arc<Binding>>> = BTreeMap::new();
         for spec in specs {
@@ -144,7 +146,7 @@ impl Catalog {
             repos
                 .entry(spec.name.clone())
                 .or_default()
-                .push(Arc::new(Binding::new(spec, location)));
+                .push(Arc::new(Binding::new(spec, location, revalidate)));
         }
         let catalog = Catalog {
             repos,
@@ -152,6 +154,7 @@ impl Catalog {
             route_bindings: moka::sync::Cache::new(MAX_ROUTE_BINDINGS),
             sources,
             base: base.map(PathBuf::from),
+            revalidate,
         };
         // Index every static image now, concurrently, so the first pull is
         // fast and broken archives are reported at start-up.
@@ -201,7 +204,11 @@ impl Catalog {
                 };
                 let location =
                     Location::open(&self.sources, &source, &r.options, self.base.as_deref())?;
-                Ok::<_, crate::source::SourceError>(Arc::new(Binding::new(spec, location)))
+                Ok::<_, crate::source::SourceError>(Arc::new(Binding::new(
+                    spec,
+                    location,
+                    self.revalidate,
+                )))
             })
             .map_err(|e| CatalogError::Source(r.origin.clone(), e.to_string()))
     }
@@ -308,7 +315,13 @@ impl Images for Catalog {
                 let mut broken = None;
                 let mut hit = None;
                 for b in self.bindings_for_tag(repo, tag)? {
-                    match b.current().await {
+                    let mut r = b.current().await;
+                    // A tag the index lacks may have just been added to the
+                    // source: look again (bounded) before saying unknown.
+                    if r.as_ref().is_ok_and(|l| !l.tags.contains_key(tag)) {
+                        r = b.recheck().await;
+                    }
+                    match r {
                         Ok(l) => {
                             if let Some(root) = l.tags.get(tag) {
                                 hit = Some((l.clone(), choose(root, accept)));
