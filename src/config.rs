@@ -63,7 +63,8 @@ pub struct RouteSpec {
     pub origin: String,
 }
 
-/// Reserved for the cache issue; accepted so configs can carry it now.
+/// `[cache]`: where blobs are kept and how much (sizes like "20GiB").
+/// `dir = "none"` turns the disk tier off.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
@@ -110,6 +111,71 @@ struct RawImage {
     http: HttpOptions,
     #[serde(default)]
     s3: S3Options,
+}
+
+/// Default bound of the disk cache.
+pub const DEFAULT_CACHE_DISK: u64 = 10 << 30;
+/// Default bound of the memory cache: small enough that a server's whole
+/// footprint stays under ~100 MiB.
+pub const DEFAULT_CACHE_MEMORY: u64 = 64 << 20;
+
+/// The default cache folder: `$XDG_CACHE_HOME/cartorio`, else
+/// `~/.cache/cartorio`, else `/var/cache/cartorio`.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .map(|d| d.join("cartorio"))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/cartorio"))
+}
+
+/// Parses a size: `1048576`, `512KiB`, `256MiB`, `20GiB`, `1TiB` (binary),
+/// `500MB`, `2GB` (decimal), `64M`, `1G` (binary).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split].parse().ok()?;
+    let mult: u64 = match s[split..].trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+impl CacheConfig {
+    /// The cache settings these values give, defaults filled in; relative
+    /// folders are taken from `base`.
+    pub fn settings(&self, base: &Path) -> Result<crate::cache::CacheSettings, String> {
+        let size = |v: &Option<String>, what: &str, default: u64| match v {
+            None => Ok(default),
+            Some(s) => parse_size(s).ok_or_else(|| {
+                format!("cache.{what} = {s:?}: expected a size such as \"256MiB\" or \"20GiB\"")
+            }),
+        };
+        let dir = match self.dir.as_deref() {
+            None => Some(default_cache_dir()),
+            Some("") | Some("none") => None,
+            Some(d) => Some(base.join(d)),
+        };
+        Ok(crate::cache::CacheSettings {
+            dir,
+            disk: size(&self.disk, "disk", DEFAULT_CACHE_DISK)?,
+            memory: size(&self.memory, "memory", DEFAULT_CACHE_MEMORY)?,
+        })
+    }
 }
 
 /// Parses `500ms`, `1s`, `5m`, `1h`.
@@ -320,6 +386,39 @@ dir = "/var/cache/cartorio"
         assert!(
             e.to_string().starts_with("images.toml:1: revalidate"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn sizes_and_cache_settings() {
+        assert_eq!(parse_size("256MiB"), Some(256 << 20));
+        assert_eq!(parse_size("20GiB"), Some(20 << 30));
+        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("99999999999TiB"), None);
+        let c = CacheConfig {
+            dir: Some("cache".into()),
+            disk: Some("1GiB".into()),
+            memory: None,
+        };
+        let s = c.settings(Path::new("/etc/cartorio")).unwrap();
+        assert_eq!(s.dir, Some(PathBuf::from("/etc/cartorio/cache")));
+        assert_eq!((s.disk, s.memory), (1 << 30, DEFAULT_CACHE_MEMORY));
+        let off = CacheConfig {
+            dir: Some("none".into()),
+            ..Default::default()
+        };
+        assert_eq!(off.settings(Path::new("/")).unwrap().dir, None);
+        let bad = CacheConfig {
+            disk: Some("big".into()),
+            ..Default::default()
+        };
+        assert!(
+            bad.settings(Path::new("/"))
+                .unwrap_err()
+                .contains("cache.disk")
         );
     }
 

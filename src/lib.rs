@@ -1,6 +1,7 @@
 //! cartorio: a read-only OCI registry that serves container images straight
 //! out of tarballs.
 pub mod archive;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod image;

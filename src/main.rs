@@ -7,8 +7,9 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use cartorio::archive::{self, ArchiveRef, Container, Root};
+use cartorio::cache::BlobCache;
 use cartorio::catalog::{Catalog, DEFAULT_REVALIDATE, Location};
-use cartorio::config::{Config, DEFAULT_LISTEN, ImageSpec};
+use cartorio::config::{CacheConfig, Config, DEFAULT_LISTEN, ImageSpec};
 use cartorio::image::{ImageConfig, RepoName, Tag};
 use cartorio::source::Sources;
 
@@ -37,6 +38,15 @@ enum Command {
     Serve {
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: String,
+        /// Disk cache folder ("none" for no disk cache) [default: $XDG_CACHE_HOME/cartorio]
+        #[arg(long)]
+        cache_dir: Option<String>,
+        /// Disk cache bound, e.g. 20GiB [default: 10GiB]
+        #[arg(long)]
+        cache_disk: Option<String>,
+        /// Memory cache bound, e.g. 256MiB [default: 64MiB]
+        #[arg(long)]
+        cache_memory: Option<String>,
         /// `[NAME[:TAG]=]PATH`. Without NAME, the names and tags the archive
         /// records are used.
         #[arg(required = true, value_name = "[NAME[:TAG]=]PATH")]
@@ -83,27 +93,69 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Proxy { config, listen } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
+            let cache = open_cache(&cfg.cache, &cfg.base)
+                .map_err(|e| format!("{}: {e}", config.display()))?;
             let catalog = Catalog::new(
                 cfg.images,
                 cfg.routes,
                 Sources::new(),
                 Some(&cfg.base),
                 cfg.revalidate,
+                cache,
             )
             .await?;
             serve(catalog, &listen.unwrap_or(cfg.listen)).await
         }
-        Command::Serve { listen, archives } => {
+        Command::Serve {
+            listen,
+            archives,
+            cache_dir,
+            cache_disk,
+            cache_memory,
+        } => {
+            let cache = CacheConfig {
+                dir: cache_dir,
+                disk: cache_disk,
+                memory: cache_memory,
+            };
+            let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+            let cache = open_cache(&cache, &cwd)?;
             let mut specs = Vec::new();
             for a in &archives {
                 specs.extend(serve_specs(a).await?);
             }
-            let catalog =
-                Catalog::new(specs, Vec::new(), Sources::new(), None, DEFAULT_REVALIDATE).await?;
+            let catalog = Catalog::new(
+                specs,
+                Vec::new(),
+                Sources::new(),
+                None,
+                DEFAULT_REVALIDATE,
+                cache,
+            )
+            .await?;
             serve(catalog, &listen).await
         }
         Command::Inspect { path, json } => inspect(&path, json).await,
     }
+}
+
+/// Opens the blob cache and says where it is and how big it may grow.
+fn open_cache(c: &CacheConfig, base: &std::path::Path) -> Result<Arc<BlobCache>, String> {
+    let settings = c.settings(base)?;
+    let dir = settings
+        .dir
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "none".into());
+    tracing::info!(
+        dir,
+        disk = settings.disk,
+        memory = settings.memory,
+        "cache: disk bound {} MiB, memory bound {} MiB",
+        settings.disk >> 20,
+        settings.memory >> 20
+    );
+    Ok(Arc::new(BlobCache::new(&settings)))
 }
 
 async fn serve(catalog: Catalog, listen: &str) -> Result<(), String> {

@@ -3,7 +3,7 @@
 //! re-indexed, never mixed with the old one.
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::archive::{self, Archive, ArchiveError, ArchiveRef, Indexed, Root};
@@ -84,8 +84,6 @@ pub struct Loaded {
     /// Every digest this binding's images reach (manifests, configs,
     /// layers, and referrers of them).
     pub digests: HashSet<Digest>,
-    /// Blobs whose bytes were checked against their digest at this version.
-    pub verified: Mutex<HashSet<Digest>>,
 }
 
 /// Why a binding has no index: its archive is gone (`missing`, answered
@@ -267,7 +265,6 @@ impl Binding {
             indexed,
             tags,
             digests,
-            verified: Mutex::new(HashSet::new()),
         }))
     }
 }

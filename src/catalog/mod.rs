@@ -85,7 +85,6 @@ pub trait Images: Send + Sync + 'static {
 
 mod binding;
 mod template;
-mod verify;
 
 pub use binding::{Binding, DEFAULT_REVALIDATE, LoadError, Loaded, Location};
 pub use template::Template;
@@ -95,6 +94,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::archive::{BlobAt, Root};
+use crate::cache::{BlobCache, Fetch};
 use crate::config::{ImageSpec, RouteSpec};
 use crate::image::media;
 use crate::source::Sources;
@@ -114,6 +114,7 @@ pub struct Catalog {
     sources: Sources,
     base: Option<PathBuf>,
     revalidate: std::time::Duration,
+    cache: Arc<BlobCache>,
 }
 
 /// The bindings that may hold a repository's images.
@@ -133,6 +134,7 @@ impl Catalog {
         sources: Sources,
         base: Option<&std::path::Path>,
         revalidate: std::time::Duration,
+        cache: Arc<BlobCache>,
     ) -> Result<Catalog, String> {
         let mut repos: BTreeMap<RepoName, Vec<Arc<Binding>>> = BTreeMap::new();
         for spec in specs {
@@ -155,6 +157,7 @@ impl Catalog {
             sources,
             base: base.map(PathBuf::from),
             revalidate,
+            cache,
         };
         // Index every static image now, concurrently, so the first pull is
         // fast and broken archives are reported at start-up.
@@ -282,6 +285,26 @@ impl Catalog {
     }
 }
 
+/// Opens a blob's bytes from its start, wherever the archive keeps them.
+async fn open_blob(
+    archive: &Arc<crate::archive::Archive>,
+    at: &BlobAt,
+    size: u64,
+) -> Result<ByteStream, crate::archive::ArchiveError> {
+    match at {
+        BlobAt::Memory(b) => {
+            let b = b.clone();
+            Ok(Box::pin(futures_util::stream::once(async move { Ok(b) })))
+        }
+        BlobAt::Member(name) => {
+            let e = archive.member(name)?;
+            archive.member_stream(e, 0, size).await
+        }
+        BlobAt::Whole => archive.whole_stream(0, size).await,
+        BlobAt::Repack(r) => Ok(archive.repack_stream(r)),
+    }
+}
+
 /// Picks the rendering of a generated image the client asked for: Docker
 /// schema 2 only when the client accepts it and not OCI; OCI otherwise
 /// (never a refusal).
@@ -381,59 +404,27 @@ impl Images for Catalog {
                 format!("range {start}-{end} outside blob of {size} bytes"),
             ));
         }
-        let archive = &loaded.archive;
-        let src = |e: crate::archive::ArchiveError| {
-            CatalogError::Source(archive.describe(), e.to_string())
-        };
-        let verified = loaded
-            .verified
-            .lock()
-            .map(|v| v.contains(digest))
-            .unwrap_or(false);
-        let whole = start == 0 && end + 1 == size;
-        let stream: ByteStream = match at {
-            BlobAt::Memory(b) => {
-                let part = b.slice(start as usize..=end as usize);
-                return Ok(Box::pin(futures_util::stream::once(
-                    async move { Ok(part) },
-                )));
-            }
-            // Already checked at this version: a range is just read.
-            BlobAt::Member(name) if verified && !whole => {
-                let e = archive.member(&name).map_err(src)?;
-                return archive
-                    .member_stream(e, start, end - start + 1)
+        if let BlobAt::Memory(b) = &at {
+            let part = b.slice(start as usize..=end as usize);
+            return Ok(Box::pin(futures_util::stream::once(
+                async move { Ok(part) },
+            )));
+        }
+        let archive = loaded.archive.clone();
+        let label = archive.describe();
+        let fetch: Fetch = Arc::new(move || {
+            let archive = archive.clone();
+            let at = at.clone();
+            Box::pin(async move {
+                open_blob(&archive, &at, size)
                     .await
-                    .map_err(src);
-            }
-            BlobAt::Whole if verified && !whole => {
-                return archive
-                    .whole_stream(start, end - start + 1)
-                    .await
-                    .map_err(src);
-            }
-            BlobAt::Member(name) => {
-                let e = archive.member(&name).map_err(src)?;
-                archive.member_stream(e, 0, size).await.map_err(src)?
-            }
-            BlobAt::Whole => archive.whole_stream(0, size).await.map_err(src)?,
-            BlobAt::Repack(r) => archive.repack_stream(&r),
-        };
-        let mark = loaded.clone();
-        let d = *digest;
-        Ok(Box::pin(verify::Verified::new(
-            stream,
-            *digest,
-            size,
-            start,
-            end,
-            archive.describe(),
-            Box::new(move || {
-                if let Ok(mut v) = mark.verified.lock() {
-                    v.insert(d);
-                }
-            }),
-        )))
+                    .map_err(std::io::Error::other)
+            })
+        });
+        self.cache
+            .read(*digest, size, start, end, label.clone(), fetch)
+            .await
+            .map_err(|e| CatalogError::Source(label, e.to_string()))
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>, CatalogError> {

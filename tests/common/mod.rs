@@ -189,6 +189,8 @@ impl Server {
         let mut child = Command::new(&bin)
             .args(args)
             .env("RUST_BACKTRACE", "1")
+            // Each server gets its own default cache folder, gone with it.
+            .env("XDG_CACHE_HOME", logdir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap())

@@ -9,8 +9,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::ByteStream;
 use crate::image::{Digest, Hasher};
+use crate::source::ByteStream;
 
 /// Wraps `inner`, the bytes `0..size` of a blob, emitting only
 /// `start..=end` and verifying the whole against `expected`. `on_verified`

@@ -1,0 +1,204 @@
+//! The disk tier: verified blobs stored by digest (`sha256/<hex>`), so a
+//! layer shared by many archives is stored once, bounded in bytes with
+//! least-recently-used eviction, and found again after a restart.
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::image::Digest;
+
+/// Recency order of the stored blobs.
+#[derive(Default)]
+struct Lru {
+    entries: HashMap<Digest, (u64, u64)>, // digest -> (size, tick)
+    order: BTreeMap<u64, Digest>,         // tick -> digest
+    total: u64,
+    tick: u64,
+}
+
+impl Lru {
+    fn touch(&mut self, d: &Digest) -> bool {
+        let Some((_, t)) = self.entries.get_mut(d) else {
+            return false;
+        };
+        self.order.remove(t);
+        self.tick += 1;
+        *t = self.tick;
+        self.order.insert(self.tick, *d);
+        true
+    }
+
+    fn insert(&mut self, d: Digest, size: u64) {
+        if self.touch(&d) {
+            return;
+        }
+        self.tick += 1;
+        self.entries.insert(d, (size, self.tick));
+        self.order.insert(self.tick, d);
+        self.total += size;
+    }
+
+    fn remove(&mut self, d: &Digest) -> Option<u64> {
+        let (size, t) = self.entries.remove(d)?;
+        self.order.remove(&t);
+        self.total -= size;
+        Some(size)
+    }
+
+    fn oldest(&self) -> Option<Digest> {
+        self.order.values().next().copied()
+    }
+}
+
+/// The disk cache.
+pub struct DiskCache {
+    dir: PathBuf,
+    max: u64,
+    lru: Mutex<Lru>,
+    temp_seq: AtomicU64,
+}
+
+impl DiskCache {
+    /// Opens (creating) the cache folder, removes temp files a crash left
+    /// behind, and indexes what is stored, oldest modification first.
+    pub fn open(dir: &Path, max: u64) -> std::io::Result<DiskCache> {
+        let blobs = dir.join("sha256");
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&blobs)?;
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(&blobs)?.flatten() {
+            let name = e.file_name();
+            let Some(d) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
+                // Not ours: leave it, but do not count it.
+                continue;
+            };
+            let Ok(meta) = e.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let mtime = meta.modified().ok();
+            found.push((mtime, d, meta.len()));
+        }
+        found.sort();
+        let cache = DiskCache {
+            dir: dir.to_path_buf(),
+            max,
+            lru: Mutex::new(Lru::default()),
+            temp_seq: AtomicU64::new(0),
+        };
+        if let Ok(mut lru) = cache.lru.lock() {
+            for (_, d, size) in found {
+                lru.insert(d, size);
+            }
+        }
+        cache.evict();
+        Ok(cache)
+    }
+
+    pub fn path(&self, d: &Digest) -> PathBuf {
+        self.dir.join("sha256").join(d.hex())
+    }
+
+    /// A fresh temp file name for a blob being written.
+    pub fn temp_path(&self, d: &Digest) -> PathBuf {
+        let n = self.temp_seq.fetch_add(1, Ordering::Relaxed);
+        self.dir
+            .join("tmp")
+            .join(format!("{}.{}.{n}", d.hex(), std::process::id()))
+    }
+
+    /// Whether a blob is stored; marks it recently used.
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.lru.lock().map(|mut l| l.touch(d)).unwrap_or(false)
+    }
+
+    /// Moves a verified temp file into the cache and evicts past the bound.
+    pub fn commit(&self, tmp: &Path, d: &Digest, size: u64) -> std::io::Result<PathBuf> {
+        let dest = self.path(d);
+        std::fs::rename(tmp, &dest)?;
+        if let Ok(mut l) = self.lru.lock() {
+            l.insert(*d, size);
+        }
+        self.evict();
+        Ok(dest)
+    }
+
+    /// Forgets a blob whose file vanished or could not be read.
+    pub fn forget(&self, d: &Digest) {
+        if let Ok(mut l) = self.lru.lock() {
+            l.remove(d);
+        }
+        let _ = std::fs::remove_file(self.path(d));
+    }
+
+    /// Bytes stored.
+    pub fn used(&self) -> u64 {
+        self.lru.lock().map(|l| l.total).unwrap_or(0)
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Removes least recently used blobs until the total fits. A blob being
+    /// read keeps its bytes until its readers close it (unlink semantics).
+    fn evict(&self) {
+        let Ok(mut l) = self.lru.lock() else { return };
+        while l.total > self.max {
+            let Some(d) = l.oldest() else { break };
+            l.remove(&d);
+            if let Err(e) = std::fs::remove_file(self.path(&d))
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(digest = %d, "cannot evict from the disk cache: {e}");
+            }
+            tracing::debug!(digest = %d, "evicted from the disk cache");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(c: &DiskCache, data: &[u8]) -> Digest {
+        let d = Digest::of(data);
+        let tmp = c.temp_path(&d);
+        std::fs::write(&tmp, data).unwrap();
+        c.commit(&tmp, &d, data.len() as u64).unwrap();
+        d
+    }
+
+    #[test]
+    fn evicts_least_recently_used_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DiskCache::open(dir.path(), 250).unwrap();
+        let a = put(&c, &[1u8; 100]);
+        let b = put(&c, &[2u8; 100]);
+        assert!(c.contains(&a)); // a is now more recent than b
+        let x = put(&c, &[3u8; 100]);
+        assert!(!c.path(&b).exists(), "the least recently used blob goes");
+        assert!(c.path(&a).exists() && c.path(&x).exists());
+        assert_eq!(c.used(), 200);
+        // A crash leaves a temp file behind; a restart removes it and finds
+        // the stored blobs again.
+        std::fs::write(c.temp_path(&a), b"partial").unwrap();
+        drop(c);
+        let c = DiskCache::open(dir.path(), 250).unwrap();
+        assert!(c.contains(&a) && c.contains(&x));
+        assert_eq!(c.used(), 200);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        // A smaller bound after a restart evicts at once.
+        drop(c);
+        let c = DiskCache::open(dir.path(), 150).unwrap();
+        assert_eq!(c.used(), 100);
+    }
+}

@@ -1,0 +1,447 @@
+//! The blob cache: memory (moka, weighted by bytes) in front of a
+//! content-addressed disk tier, with single flight. N requests for the same
+//! cold blob cause one upstream read; every requester streams the bytes as
+//! they land in the temp file, and the blob's last byte is released only
+//! after its sha256 matched. Only verified files are renamed into the
+//! cache; when the cache cannot write (disk full, read-only), requests are
+//! served straight from upstream.
+mod disk;
+mod verify;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{StreamExt, stream};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+pub use disk::DiskCache;
+pub use verify::Verified;
+
+use crate::image::{Digest, Hasher};
+use crate::source::ByteStream;
+
+/// Chunk size for reading cached files.
+const CHUNK: u64 = 512 * 1024;
+
+/// Opens the blob's bytes from its start, as stored in the archive.
+pub type Fetch = Arc<dyn Fn() -> BoxFuture<'static, io::Result<ByteStream>> + Send + Sync>;
+
+/// Where and how much to cache.
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    /// None: no disk tier (every cold read goes upstream).
+    pub dir: Option<PathBuf>,
+    pub disk: u64,
+    pub memory: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Progress {
+    /// Bytes written to the temp file so far.
+    Writing(u64),
+    /// Verified; the file is complete.
+    Done,
+    /// Upstream failed or the digest did not match: cut the response.
+    Failed(Arc<str>),
+    /// The cache could not write: serve from upstream instead.
+    CacheFailed,
+}
+
+struct Flight {
+    tmp: PathBuf,
+    progress: watch::Receiver<Progress>,
+}
+
+/// Memory and disk tiers and the flights filling them.
+pub struct BlobCache {
+    memory: moka::future::Cache<Digest, Bytes>,
+    /// Blobs up to this size are kept in memory (configs, small layers).
+    memory_max_blob: u64,
+    disk: Option<DiskCache>,
+    flights: Mutex<HashMap<Digest, Arc<Flight>>>,
+}
+
+impl BlobCache {
+    /// Opens the cache. A disk tier that cannot be opened is logged and
+    /// left out: serving goes on without it.
+    pub fn new(settings: &CacheSettings) -> BlobCache {
+        let disk = settings.dir.as_ref().and_then(|dir| match DiskCache::open(dir, settings.disk) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "disk cache unavailable, serving from sources only: {e}");
+                None
+            }
+        });
+        let memory = moka::future::Cache::builder()
+            .max_capacity(settings.memory)
+            .weigher(|_: &Digest, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
+            .build();
+        BlobCache {
+            memory,
+            memory_max_blob: (settings.memory / 16).min(8 * 1024 * 1024),
+            disk,
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn disk(&self) -> Option<&DiskCache> {
+        self.disk.as_ref()
+    }
+
+    /// Bytes `start..=end` of the blob `digest` (of `size` bytes), from
+    /// memory, disk, or one shared upstream read through `fetch`.
+    pub async fn read(
+        self: &Arc<Self>,
+        digest: Digest,
+        size: u64,
+        start: u64,
+        end: u64,
+        label: String,
+        fetch: Fetch,
+    ) -> io::Result<ByteStream> {
+        if let Some(b) = self.memory.get(&digest).await {
+            return Ok(once(b.slice(start as usize..=end as usize)));
+        }
+        let Some(disk) = &self.disk else {
+            return Ok(Box::pin(Verified::new(
+                fetch().await?,
+                digest,
+                size,
+                start,
+                end,
+                label,
+                Box::new(|| {}),
+            )));
+        };
+        if disk.contains(&digest) {
+            match std::fs::File::open(disk.path(&digest)) {
+                Ok(f) => {
+                    if size <= self.memory_max_blob
+                        && let Ok(b) = std::fs::read(disk.path(&digest))
+                        && b.len() as u64 == size
+                    {
+                        let b = Bytes::from(b);
+                        self.memory.insert(digest, b.clone()).await;
+                        return Ok(once(b.slice(start as usize..=end as usize)));
+                    }
+                    return Ok(file_range(Arc::new(f), start, end));
+                }
+                Err(_) => disk.forget(&digest),
+            }
+        }
+        let flight = self.flight(digest, size, label.clone(), fetch.clone())?;
+        let Some(flight) = flight else {
+            // The cache cannot take it: straight from upstream.
+            return Ok(Box::pin(Verified::new(
+                fetch().await?,
+                digest,
+                size,
+                start,
+                end,
+                label,
+                Box::new(|| {}),
+            )));
+        };
+        let file = match std::fs::File::open(&flight.tmp) {
+            Ok(f) => Some(Arc::new(f)),
+            // Renamed into place already: the verified file.
+            Err(_) => std::fs::File::open(disk.path(&digest)).ok().map(Arc::new),
+        };
+        Ok(follow(Follow {
+            file,
+            progress: flight.progress.clone(),
+            pos: start,
+            end,
+            size,
+            digest,
+            label,
+            fetch,
+        }))
+    }
+
+    /// The flight filling `digest`, started if there is none. None when
+    /// the disk tier cannot create a temp file.
+    fn flight(
+        self: &Arc<Self>,
+        digest: Digest,
+        size: u64,
+        label: String,
+        fetch: Fetch,
+    ) -> io::Result<Option<Arc<Flight>>> {
+        let Some(disk) = &self.disk else {
+            return Ok(None);
+        };
+        let mut flights = self
+            .flights
+            .lock()
+            .map_err(|_| io::Error::other("cache lock poisoned"))?;
+        if let Some(f) = flights.get(&digest) {
+            return Ok(Some(f.clone()));
+        }
+        let tmp = disk.temp_path(&digest);
+        let file = match std::fs::File::create(&tmp) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(dir = %tmp.display(), "disk cache cannot write, serving from the source: {e}");
+                return Ok(None);
+            }
+        };
+        let (tx, rx) = watch::channel(Progress::Writing(0));
+        let flight = Arc::new(Flight {
+            tmp: tmp.clone(),
+            progress: rx,
+        });
+        flights.insert(digest, flight.clone());
+        drop(flights);
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let outcome = cache
+                .fill(digest, size, &tmp, file, &tx, &label, fetch)
+                .await;
+            if let Ok(mut f) = cache.flights.lock() {
+                f.remove(&digest);
+            }
+            let _ = tx.send(outcome);
+        });
+        Ok(Some(flight))
+    }
+
+    /// Copies the blob from upstream into `tmp`, hashing as it goes, and
+    /// commits it when the digest matches.
+    #[allow(clippy::too_many_arguments)]
+    async fn fill(
+        &self,
+        digest: Digest,
+        size: u64,
+        tmp: &Path,
+        file: std::fs::File,
+        tx: &watch::Sender<Progress>,
+        label: &str,
+        fetch: Fetch,
+    ) -> Progress {
+        let Some(disk) = &self.disk else {
+            return Progress::CacheFailed;
+        };
+        let discard = || {
+            let _ = std::fs::remove_file(tmp);
+        };
+        let mut upstream = match fetch().await {
+            Ok(s) => s,
+            Err(e) => {
+                discard();
+                tracing::warn!(source = label, %digest, "upstream read failed: {e}");
+                return Progress::Failed(e.to_string().into());
+            }
+        };
+        let mut out = tokio::fs::File::from_std(file);
+        let mut hasher = Hasher::new();
+        let mut written = 0u64;
+        while let Some(chunk) = upstream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    discard();
+                    tracing::warn!(source = label, %digest, written, "upstream read failed: {e}");
+                    return Progress::Failed(e.to_string().into());
+                }
+            };
+            written += chunk.len() as u64;
+            if written > size {
+                break;
+            }
+            hasher.update(&chunk);
+            if let Err(e) = out.write_all(&chunk).await {
+                discard();
+                tracing::warn!(%digest, "disk cache write failed, serving from the source: {e}");
+                return Progress::CacheFailed;
+            }
+            let _ = tx.send(Progress::Writing(written));
+        }
+        if let Err(e) = out.flush().await {
+            discard();
+            tracing::warn!(%digest, "disk cache write failed, serving from the source: {e}");
+            return Progress::CacheFailed;
+        }
+        drop(out);
+        let actual = hasher.finish();
+        if written != size || actual != digest {
+            discard();
+            tracing::error!(
+                source = label,
+                expected = %digest,
+                actual = %actual,
+                bytes = written,
+                size,
+                "blob does not match its digest; not cached, response cut"
+            );
+            return Progress::Failed(format!("blob {digest} failed verification").into());
+        }
+        match disk.commit(tmp, &digest, size) {
+            Ok(path) => {
+                if size <= self.memory_max_blob
+                    && let Ok(b) = tokio::fs::read(&path).await
+                {
+                    self.memory.insert(digest, Bytes::from(b)).await;
+                }
+            }
+            // Verified bytes: the readers keep their open file.
+            Err(e) => {
+                discard();
+                tracing::warn!(%digest, "cannot store a verified blob in the disk cache: {e}");
+            }
+        }
+        Progress::Done
+    }
+}
+
+fn once(b: Bytes) -> ByteStream {
+    Box::pin(stream::once(async move { Ok(b) }))
+}
+
+/// Reads up to `len` bytes at `pos` of an open file.
+async fn pread(file: Arc<std::fs::File>, pos: u64, len: u64) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], pos + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Streams `start..=end` of a verified cached file.
+fn file_range(file: Arc<std::fs::File>, start: u64, end: u64) -> ByteStream {
+    Box::pin(stream::try_unfold(start, move |pos| {
+        let file = file.clone();
+        async move {
+            if pos > end {
+                return Ok(None);
+            }
+            let b = pread(file, pos, (end + 1 - pos).min(CHUNK)).await?;
+            if b.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "cached blob is shorter than its size",
+                ));
+            }
+            let next = pos + b.len() as u64;
+            Ok(Some((b, next)))
+        }
+    }))
+}
+
+/// A reader following a flight's temp file.
+struct Follow {
+    file: Option<Arc<std::fs::File>>,
+    progress: watch::Receiver<Progress>,
+    /// Next byte to send.
+    pos: u64,
+    end: u64,
+    size: u64,
+    digest: Digest,
+    label: String,
+    fetch: Fetch,
+}
+
+enum FollowState {
+    Following(Follow),
+    Direct(ByteStream),
+    Finished,
+}
+
+fn follow(f: Follow) -> ByteStream {
+    Box::pin(stream::unfold(
+        FollowState::Following(f),
+        |state| async move {
+            match state {
+                FollowState::Finished => None,
+                FollowState::Direct(mut s) => {
+                    let item = s.next().await?;
+                    Some((item, FollowState::Direct(s)))
+                }
+                FollowState::Following(mut f) => loop {
+                    if f.pos > f.end {
+                        return None;
+                    }
+                    let progress = f.progress.borrow_and_update().clone();
+                    let readable = match progress {
+                        // The blob's last byte waits for the verdict.
+                        Progress::Writing(w) => w.min(f.size - 1),
+                        Progress::Done => f.size,
+                        Progress::Failed(why) => {
+                            return Some((
+                                Err(io::Error::new(io::ErrorKind::InvalidData, why.to_string())),
+                                FollowState::Finished,
+                            ));
+                        }
+                        Progress::CacheFailed => {
+                            // Re-read from upstream, verified, sending only
+                            // what this reader has not sent yet.
+                            let s = match (f.fetch)().await {
+                                Ok(s) => s,
+                                Err(e) => return Some((Err(e), FollowState::Finished)),
+                            };
+                            let v: ByteStream = Box::pin(Verified::new(
+                                s,
+                                f.digest,
+                                f.size,
+                                f.pos,
+                                f.end,
+                                f.label.clone(),
+                                Box::new(|| {}),
+                            ));
+                            let mut direct = v;
+                            let item = direct.next().await?;
+                            return Some((item, FollowState::Direct(direct)));
+                        }
+                    };
+                    let limit = readable.min(f.end + 1);
+                    if f.pos < limit {
+                        let Some(file) = f.file.clone() else {
+                            return Some((
+                                Err(io::Error::other("cache file vanished")),
+                                FollowState::Finished,
+                            ));
+                        };
+                        return match pread(file, f.pos, (limit - f.pos).min(CHUNK)).await {
+                            Ok(b) if !b.is_empty() => {
+                                f.pos += b.len() as u64;
+                                Some((Ok(b), FollowState::Following(f)))
+                            }
+                            Ok(_) => Some((
+                                Err(io::Error::other("cache file is shorter than written")),
+                                FollowState::Finished,
+                            )),
+                            Err(e) => Some((Err(e), FollowState::Finished)),
+                        };
+                    }
+                    if f.progress.changed().await.is_err() {
+                        // The filler ended without a verdict we saw: take the
+                        // last one sent.
+                        if matches!(*f.progress.borrow(), Progress::Writing(_)) {
+                            return Some((
+                                Err(io::Error::other("cache fill ended early")),
+                                FollowState::Finished,
+                            ));
+                        }
+                    }
+                },
+            }
+        },
+    ))
+}
