@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, stream};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 pub use disk::DiskCache;
@@ -238,7 +237,10 @@ impl BlobCache {
                 return Progress::Failed(e.to_string().into());
             }
         };
-        let mut out = tokio::fs::File::from_std(file);
+        // Positional writes on a blocking thread: when one returns, the bytes
+        // are in the file for every follower's read (tokio's File would
+        // report a write done while it is still queued).
+        let out = Arc::new(file);
         let mut hasher = Hasher::new();
         let mut written = 0u64;
         while let Some(chunk) = upstream.next().await {
@@ -255,17 +257,20 @@ impl BlobCache {
                 break;
             }
             hasher.update(&chunk);
-            if let Err(e) = out.write_all(&chunk).await {
+            let f = out.clone();
+            let at = written - chunk.len() as u64;
+            let wrote = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                f.write_all_at(&chunk, at)
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+            if let Err(e) = wrote {
                 discard();
                 tracing::warn!(%digest, "disk cache write failed, serving from the source: {e}");
                 return Progress::CacheFailed;
             }
             let _ = tx.send(Progress::Writing(written));
-        }
-        if let Err(e) = out.flush().await {
-            discard();
-            tracing::warn!(%digest, "disk cache write failed, serving from the source: {e}");
-            return Progress::CacheFailed;
         }
         drop(out);
         let actual = hasher.finish();
