@@ -450,3 +450,184 @@ fn follow(f: Follow) -> ByteStream {
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A source of `data` in small, slow chunks that counts its reads;
+    /// `lie` flips one byte, as a corrupt upstream would.
+    fn fetcher(data: Vec<u8>, calls: Arc<AtomicUsize>, lie: bool) -> Fetch {
+        Arc::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let mut data = data.clone();
+            if lie {
+                data[10] ^= 0xff;
+            }
+            Box::pin(async move {
+                let chunks: Vec<io::Result<Bytes>> = data
+                    .chunks(1000)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
+                let s = stream::iter(chunks).then(|c| async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    c
+                });
+                Ok(Box::pin(s) as ByteStream)
+            })
+        })
+    }
+
+    async fn drain(mut s: ByteStream) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            match c {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(_) => return (out, false),
+            }
+        }
+        (out, true)
+    }
+
+    fn settings(dir: &Path) -> CacheSettings {
+        CacheSettings {
+            dir: Some(dir.to_path_buf()),
+            disk: 1 << 30,
+            memory: 0,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_cold_reads_share_one_upstream_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(BlobCache::new(&settings(dir.path())));
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        let d = Digest::of(&data);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fetcher(data.clone(), calls.clone(), false);
+        let size = data.len() as u64;
+        let mut tasks = Vec::new();
+        for i in 0..10u64 {
+            let (cache, f) = (cache.clone(), f.clone());
+            // Half ask for a range, as a resuming client would.
+            let (start, end) = if i % 2 == 0 {
+                (0, size - 1)
+            } else {
+                (1000 * i, size - 1 - i)
+            };
+            tasks.push(tokio::spawn(async move {
+                let s = cache
+                    .read(d, size, start, end, "t".into(), f)
+                    .await
+                    .unwrap();
+                (start, end, drain(s).await)
+            }));
+        }
+        for t in tasks {
+            let (start, end, (bytes, ok)) = t.await.unwrap();
+            assert!(ok);
+            assert_eq!(bytes, data[start as usize..=end as usize]);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Stored under its digest; a later read does not go upstream.
+        assert_eq!(
+            std::fs::read(dir.path().join("sha256").join(d.hex())).unwrap(),
+            data
+        );
+        let (bytes, ok) = drain(
+            cache
+                .read(d, size, 0, size - 1, "t".into(), f)
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(ok && bytes == data);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lying_upstream_is_cut_and_never_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(BlobCache::new(&settings(dir.path())));
+        let data = vec![7u8; 20_000];
+        let d = Digest::of(&data);
+        let size = data.len() as u64;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let liar = fetcher(data.clone(), calls.clone(), true);
+        let (bytes, ok) = drain(
+            cache
+                .read(d, size, 0, size - 1, "t".into(), liar)
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(!ok, "the response must end in an error");
+        assert!(bytes.len() < data.len(), "the last byte must not be sent");
+        assert!(!dir.path().join("sha256").join(d.hex()).exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        // Fixed upstream: the next read goes upstream again and succeeds.
+        let honest = fetcher(data.clone(), calls.clone(), false);
+        let (bytes, ok) = drain(
+            cache
+                .read(d, size, 0, size - 1, "t".into(), honest)
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(ok && bytes == data);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unusable_cache_dir_serves_from_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let cache = Arc::new(BlobCache::new(&settings(&file)));
+        assert!(cache.disk().is_none());
+        let data = vec![3u8; 5000];
+        let d = Digest::of(&data);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fetcher(data.clone(), calls.clone(), false);
+        let (bytes, ok) = drain(cache.read(d, 5000, 100, 199, "t".into(), f).await.unwrap()).await;
+        assert!(ok && bytes == data[100..200]);
+        // The cache dir becoming unwritable later: the read still works.
+        let dir2 = tempfile::tempdir().unwrap();
+        let cache = Arc::new(BlobCache::new(&settings(dir2.path())));
+        std::fs::remove_dir_all(dir2.path().join("tmp")).unwrap();
+        let f = fetcher(data.clone(), calls.clone(), false);
+        let (bytes, ok) = drain(cache.read(d, 5000, 0, 4999, "t".into(), f).await.unwrap()).await;
+        assert!(ok && bytes == data);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_blobs_are_served_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(BlobCache::new(&CacheSettings {
+            dir: Some(dir.path().to_path_buf()),
+            disk: 1 << 20,
+            memory: 1 << 20,
+        }));
+        let data = vec![9u8; 3000];
+        let d = Digest::of(&data);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fetcher(data.clone(), calls.clone(), false);
+        let _ = drain(
+            cache
+                .read(d, 3000, 0, 2999, "t".into(), f.clone())
+                .await
+                .unwrap(),
+        )
+        .await;
+        // Gone from disk, still served: it is in memory.
+        std::fs::remove_file(dir.path().join("sha256").join(d.hex())).unwrap();
+        let (bytes, ok) = drain(cache.read(d, 3000, 10, 19, "t".into(), f).await.unwrap()).await;
+        assert!(ok && bytes == data[10..20]);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}
