@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 
 pub use detect::{ArchiveRef, Blob, BlobAt, Doc, Format, FoundImage, Indexed, Root, index};
-pub use toc::{Entry, EntryKind, Meta, Toc};
+pub use toc::{Entry, EntryKind, Meta, Spill, SpillFile, Toc};
 
 use crate::image::{Digest, Hasher};
 use crate::source::{ByteStream, FileSource, Source, SourceError, Stat};
@@ -170,6 +170,15 @@ impl Archive {
     /// magic bytes and builds the TOC. A plain tar on a source that honours
     /// ranges costs a few range reads; anything else one streaming pass.
     pub async fn open(source: Arc<dyn Source>) -> Result<Archive, ArchiveError> {
+        Self::open_spilling(source, None).await
+    }
+
+    /// Like [`Archive::open`]; a streaming pass hands the blobs it passes
+    /// to `spill`.
+    pub async fn open_spilling(
+        source: Arc<dyn Source>,
+        spill: Option<Arc<dyn Spill>>,
+    ) -> Result<Archive, ArchiveError> {
         let stat = source.stat().await?;
         let head = match source.read_range(0, 512, Some(&stat)).await {
             Ok(h) => h,
@@ -178,7 +187,7 @@ impl Archive {
                     source = source.url(),
                     "no range support: indexing with one streaming pass"
                 );
-                return Self::open_streamed(source, stat, false).await;
+                return Self::open_streamed(source, stat, false, spill).await;
             }
             Err(e) => return Err(e.into()),
         };
@@ -187,7 +196,7 @@ impl Archive {
                 source = source.url(),
                 "compressed archive: indexing with one streaming pass"
             );
-            return Self::open_streamed(source, stat, true).await;
+            return Self::open_streamed(source, stat, true, spill).await;
         }
         if head.len() < 512 || !detect::looks_like_tar(&head) {
             return Err(ArchiveError::NotAnArchive);
@@ -203,7 +212,7 @@ impl Archive {
                 let entries = ar
                     .entries_with_seek()
                     .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
-                toc::walk(entries, Some(size), false)?
+                toc::walk(entries, Some(size), false, None)?
             };
             Ok::<_, ArchiveError>((toc, reader.fetched))
         })
@@ -224,6 +233,7 @@ impl Archive {
         source: Arc<dyn Source>,
         stat: Stat,
         ranged: bool,
+        spill: Option<Arc<dyn Spill>>,
     ) -> Result<Archive, ArchiveError> {
         let mut raw = source.stream(0, None, Some(&stat)).await?;
         // Sniff the compression from the first chunk, then put it back.
@@ -256,7 +266,7 @@ impl Archive {
                 let entries = ar
                     .entries()
                     .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
-                toc::walk(entries, None, true)?
+                toc::walk(entries, None, true, spill.as_deref())?
             };
             // The diff_id covers the whole decompressed stream, including
             // the end-of-archive blocks the tar reader stops before.

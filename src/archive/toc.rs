@@ -151,6 +151,79 @@ fn resolve_dots(path: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// Where a streaming pass puts the blobs it passes, so a compressed (or
+/// range-less) archive is read once, not once per blob. The cache names
+/// each file by the digest the walk computed: content-addressed, it needs
+/// no idea which format the archive turns out to be.
+pub trait Spill: Send + Sync {
+    /// A writer for an entry of `size` bytes; None to skip it.
+    fn create(&self, size: u64) -> Option<Box<dyn SpillFile>>;
+}
+
+/// One entry being spilled.
+pub trait SpillFile: io::Write + Send {
+    /// Keeps what was written as the blob `digest`.
+    fn commit(self: Box<Self>, digest: crate::image::Digest);
+    /// Drops what was written.
+    fn abort(self: Box<Self>);
+}
+
+/// Entries worth spilling: what formats serve as blobs (layers, OCI blobs).
+fn spills(name: &str, size: u64) -> bool {
+    size >= 1024
+        && (name.starts_with("blobs/")
+            || [".tar", ".tar.gz", ".tgz", ".tar.zst"]
+                .iter()
+                .any(|s| name.ends_with(s)))
+}
+
+/// Copies an entry to a spill file while hashing it; returns its first
+/// bytes. A failing spill file is dropped, the walk goes on.
+fn spill_entry(
+    entry: &mut impl Read,
+    out: Box<dyn SpillFile>,
+    size: u64,
+    raw_name: &str,
+) -> Result<[u8; 8], ArchiveError> {
+    let mut out = Some(out);
+    let mut hasher = crate::image::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut head = [0u8; 8];
+    let mut seen = 0u64;
+    loop {
+        let n = entry
+            .read(&mut buf)
+            .map_err(|e| ArchiveError::Corrupt(format!("entry {raw_name:?}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if seen < 8 {
+            let k = (8 - seen as usize).min(n);
+            head[seen as usize..seen as usize + k].copy_from_slice(&buf[..k]);
+        }
+        seen += n as u64;
+        hasher.update(&buf[..n]);
+        if let Some(o) = out.as_mut()
+            && o.write_all(&buf[..n]).is_err()
+            && let Some(o) = out.take()
+        {
+            o.abort();
+        }
+    }
+    if seen != size {
+        if let Some(o) = out {
+            o.abort();
+        }
+        return Err(ArchiveError::Corrupt(format!(
+            "entry {raw_name:?} is truncated"
+        )));
+    }
+    if let Some(o) = out {
+        o.commit(hasher.finish());
+    }
+    Ok(head)
+}
+
 /// Whether a file's bytes are worth keeping during the walk.
 fn wants_capture(name: &str, size: u64) -> bool {
     if size > CAPTURE_MAX_FILE {
@@ -169,6 +242,7 @@ pub(crate) fn walk<R: Read>(
     entries: tar::Entries<'_, R>,
     total: Option<u64>,
     streaming: bool,
+    spill: Option<&dyn Spill>,
 ) -> Result<Toc, ArchiveError> {
     let mut toc = Toc::default();
     let mut captured_total = 0u64;
@@ -241,11 +315,19 @@ pub(crate) fn walk<R: Read>(
             captured_total += size;
             toc.capture(name.clone(), Bytes::from(buf));
         } else if streaming && kind == EntryKind::File && size >= 8 {
-            let mut h = [0u8; 8];
-            entry
-                .read_exact(&mut h)
-                .map_err(|e| ArchiveError::Corrupt(format!("entry {raw_name:?}: {e}")))?;
-            head = Some(h);
+            match spill
+                .filter(|_| spills(&name, size))
+                .and_then(|s| s.create(size))
+            {
+                Some(out) => head = Some(spill_entry(&mut entry, out, size, &raw_name)?),
+                None => {
+                    let mut h = [0u8; 8];
+                    entry
+                        .read_exact(&mut h)
+                        .map_err(|e| ArchiveError::Corrupt(format!("entry {raw_name:?}: {e}")))?;
+                    head = Some(h);
+                }
+            }
         }
         if !name.is_empty() {
             toc.push(Entry {

@@ -304,6 +304,62 @@ impl BlobCache {
     }
 }
 
+/// Lets a streaming pass over an archive fill the disk tier.
+pub struct CacheSpill(pub Arc<BlobCache>);
+
+impl crate::archive::Spill for CacheSpill {
+    fn create(&self, size: u64) -> Option<Box<dyn crate::archive::SpillFile>> {
+        let disk = self.0.disk.as_ref()?;
+        if size > disk.max() {
+            return None;
+        }
+        // The digest is not known yet: a placeholder name, renamed on commit.
+        let tmp = disk.temp_path(&Digest::of(b""));
+        let file = std::fs::File::create(&tmp).ok()?;
+        Some(Box::new(SpillFile {
+            cache: self.0.clone(),
+            out: io::BufWriter::with_capacity(256 * 1024, file),
+            tmp,
+            size,
+        }))
+    }
+}
+
+struct SpillFile {
+    cache: Arc<BlobCache>,
+    out: io::BufWriter<std::fs::File>,
+    tmp: PathBuf,
+    size: u64,
+}
+
+impl io::Write for SpillFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl crate::archive::SpillFile for SpillFile {
+    fn commit(mut self: Box<Self>, digest: Digest) {
+        use std::io::Write;
+        let Some(disk) = &self.cache.disk else { return };
+        if self.out.flush().is_err() || disk.contains(&digest) {
+            let _ = std::fs::remove_file(&self.tmp);
+            return;
+        }
+        if let Err(e) = disk.commit(&self.tmp, &digest, self.size) {
+            tracing::warn!(%digest, "cannot keep a blob from the streaming pass: {e}");
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+
+    fn abort(self: Box<Self>) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 fn once(b: Bytes) -> ByteStream {
     Box::pin(stream::once(async move { Ok(b) }))
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::archive::{self, Archive, ArchiveError, ArchiveRef, Indexed, Root};
+use crate::archive::{self, Archive, ArchiveError, ArchiveRef, Indexed, Root, Spill};
 use crate::config::ImageSpec;
 use crate::image::{Digest, Tag};
 use crate::source::{Source, SourceError, SourceOptions, Sources};
@@ -44,8 +44,16 @@ impl Location {
     }
 
     pub async fn open_archive(&self) -> Result<Arc<Archive>, ArchiveError> {
+        self.open_spilling(None).await
+    }
+
+    /// Opens the archive; a streaming pass hands its blobs to `spill`.
+    pub async fn open_spilling(
+        &self,
+        spill: Option<Arc<dyn Spill>>,
+    ) -> Result<Arc<Archive>, ArchiveError> {
         Ok(Arc::new(match self {
-            Location::Tar(s) => Archive::open(s.clone()).await?,
+            Location::Tar(s) => Archive::open_spilling(s.clone(), spill).await?,
             Location::Dir(p) => Archive::open_dir(p).await?,
         }))
     }
@@ -127,16 +135,23 @@ pub struct Binding {
     /// One revalidation or load at a time.
     loading: tokio::sync::Mutex<()>,
     revalidate: Duration,
+    spill: Option<Arc<dyn Spill>>,
 }
 
 impl Binding {
-    pub fn new(spec: ImageSpec, location: Location, revalidate: Duration) -> Binding {
+    pub fn new(
+        spec: ImageSpec,
+        location: Location,
+        revalidate: Duration,
+        spill: Option<Arc<dyn Spill>>,
+    ) -> Binding {
         Binding {
             spec,
             location,
             snapshot: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
             revalidate,
+            spill,
         }
     }
 
@@ -229,7 +244,7 @@ impl Binding {
     async fn load(&self, version: String) -> Result<Arc<Loaded>, String> {
         let archive = self
             .location
-            .open_archive()
+            .open_spilling(self.spill.clone())
             .await
             .map_err(|e| e.to_string())?;
         let indexed = archive::index(&archive, &self.spec.config)
