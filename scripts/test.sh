@@ -38,6 +38,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# --- s3s-fs: the S3 server of tests/sources.rs (a cargo install, about 2-4 minutes) -----------
+if [ "${CARTORIO_SKIP_E2E:-}" != 1 ] && ! command -v s3s-fs >/dev/null 2>&1 \
+   && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  step "cargo install s3s-fs@0.14.1"
+  # its own target dir, so the install neither reuses nor pollutes the project's
+  S3S_TARGET=$(mktemp -d "${TMPDIR:-/tmp}/s3s-fs-build.XXXXXX")
+  CARGO_TARGET_DIR="$S3S_TARGET" cargo install s3s-fs@0.14.1 --locked --features binary >&2
+  rm -rf "$S3S_TARGET"
+fi
+
 # --- Rust toolchain components ---------------------------------------------------------------
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   if command -v rustup >/dev/null; then

@@ -145,8 +145,40 @@ fn map_err(url: &str, e: object_store::Error, pin: Option<&Stat>) -> SourceError
             expected: pin.map_or_else(String::new, |p| p.version.clone()),
             actual: "another version".to_string(),
         },
+        // Some requests (list) come back as Generic errors wrapping the
+        // HTTP status; object_store does not export the wrapper type, so
+        // read the status from its message.
+        E::Generic { ref source, .. } => match status_in(&**source) {
+            Some(404) => SourceError::NotFound {
+                url: url.to_string(),
+            },
+            Some(status @ (401 | 403)) => {
+                tracing::warn!(url, status, "access denied");
+                SourceError::Denied {
+                    url: url.to_string(),
+                    status,
+                }
+            }
+            _ => SourceError::io(url, e),
+        },
         e => SourceError::io(url, e),
     }
+}
+
+/// The HTTP status named in an object_store error chain, if any.
+fn status_in(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        if let Some(i) = msg.find("status code: ") {
+            let digits: String = msg[i + 13..].chars().take(3).collect();
+            if let Ok(s) = digits.parse() {
+                return Some(s);
+            }
+        }
+        cur = e.source();
+    }
+    None
 }
 
 impl S3Source {
