@@ -53,14 +53,15 @@ async fn nginx_ranges_pins_and_bytes_served() {
     assert!(stat.version.starts_with('"'), "strong ETag: {stat:?}");
 
     // One 64 KiB window, as the tar walk reads: about 64 KiB leave nginx.
-    let before = nginx.bytes_served();
+    let lines = nginx.served_at_least(1).len();
     let b = src.read_range(0, 65536, Some(&stat)).await.unwrap();
     assert_eq!(&b[..], &content[..65536]);
-    let served = nginx.served();
-    let last = served.last().unwrap();
-    assert_eq!(last.status, 206, "{last:?}");
-    assert_eq!(last.range, "bytes=0-65535");
-    let sent = nginx.bytes_served() - before;
+    let served = nginx.served_at_least(lines + 1);
+    let read = &served[lines..];
+    assert_eq!(read.len(), 1, "one request: {read:?}");
+    assert_eq!(read[0].status, 206, "{read:?}");
+    assert_eq!(read[0].range, "bytes=0-65535");
+    let sent = read[0].body_bytes;
     assert!((65536..65536 + 1024).contains(&sent), "{sent} bytes served");
 
     let b = src.read_range(1000, 5000, Some(&stat)).await.unwrap();
@@ -104,10 +105,8 @@ async fn nginx_ranges_pins_and_bytes_served() {
         }
         other => panic!("expected Changed, got {other:?}"),
     }
-    assert!(
-        nginx.served().iter().any(|s| s.status == 412),
-        "nginx sent 412"
-    );
+    // nginx answered 412 (waits for the log line).
+    nginx.served_until(|s| s.iter().any(|s| s.status == 412));
     match src.stream(10, Some(100), Some(&stat)).await {
         Err(SourceError::Changed { .. }) => {}
         other => panic!("expected Changed, got {:?}", other.map(|_| ())),
@@ -169,7 +168,7 @@ async fn nginx_without_ranges() {
     let nginx = TestServer::nginx_no_ranges(dir.path());
     range_less(&nginx, &content).await;
     let refused = nginx
-        .served()
+        .served_until(|s| s.iter().any(|s| s.range == "bytes=1000-66535"))
         .into_iter()
         .find(|s| s.range == "bytes=1000-66535")
         .unwrap();

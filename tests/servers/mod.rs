@@ -25,7 +25,12 @@ use std::time::{Duration, Instant};
 /// one of `tools` cannot be found.
 pub fn e2e(test: &str, tools: &[&str]) -> bool {
     if std::env::var("CARTORIO_SKIP_E2E").as_deref() == Ok("1") {
-        eprintln!("SKIPPED e2e test {test}: CARTORIO_SKIP_E2E=1");
+        // Past libtest's capture, so the skip is visible.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED e2e test {test}: CARTORIO_SKIP_E2E=1"
+        );
         return false;
     }
     let missing: Vec<&&str> = tools.iter().filter(|t| find_tool(t).is_none()).collect();
@@ -272,6 +277,30 @@ http {{
                 })
             })
             .collect()
+    }
+
+    /// The access log once it has at least `lines` lines (nginx writes a
+    /// line when it finalizes a request, which may be a moment after the
+    /// client has read the last byte); panics after 5 s.
+    pub fn served_at_least(&self, lines: usize) -> Vec<Served> {
+        self.served_until(|s| s.len() >= lines)
+    }
+
+    /// The access log once `done` holds for it; panics after 5 s.
+    pub fn served_until(&self, done: impl Fn(&[Served]) -> bool) -> Vec<Served> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.served();
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: the access log never got there: {s:#?}",
+                self.what
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Body bytes nginx has sent so far.
