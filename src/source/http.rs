@@ -422,15 +422,19 @@ impl Source for HttpSource {
     async fn stat(&self) -> Result<Stat, SourceError> {
         let r = self.send(Method::HEAD, None, None).await?;
         let status = r.status();
-        if status.is_success() {
+        if status.is_success() && content_length(&r).is_some() {
             return self.stat_of(&r);
         }
         // Some servers refuse HEAD (405, 501; a presigned GET URL gives
-        // 403): ask for the first byte instead.
-        if !matches!(
-            status,
-            StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED | StatusCode::FORBIDDEN
-        ) {
+        // 403) or don't size it: ask for the first byte instead.
+        if !status.is_success()
+            && !matches!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED
+                    | StatusCode::NOT_IMPLEMENTED
+                    | StatusCode::FORBIDDEN
+            )
+        {
             return Err(self.status_error(&r));
         }
         let r = self.send(Method::GET, Some((0, Some(0))), None).await?;

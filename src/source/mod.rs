@@ -174,7 +174,7 @@ impl Sources {
                     return Err(SourceError::io(url, "an s3:// URL needs an object key"));
                 }
                 let store = self.s3_store(url, bucket, &opts.s3)?;
-                Arc::new(S3Source::new(url, bucket, key, store))
+                Arc::new(S3Source::new(url, key, store))
             }
         })
     }

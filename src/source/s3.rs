@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{TryStreamExt, stream};
+use object_store::ClientConfigKey;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
@@ -23,6 +24,19 @@ use super::{ByteStream, S3Addressing, S3Options, Source, SourceError, Stat};
 /// `~/.aws/config` or `~/.aws/credentials` (no `AWS_PROFILE`).
 pub(super) fn build_store(bucket: &str, opts: &S3Options) -> Result<AmazonS3, String> {
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    // object_store's default 30 s limit covers a whole request, body
+    // included: a multi-gigabyte layer would be cut (and resumed) every
+    // 30 s. Bound the silence between reads instead, unless the
+    // environment (AWS_TIMEOUT, AWS_READ_TIMEOUT) says otherwise.
+    if std::env::var_os("AWS_TIMEOUT").is_none() {
+        b = b.with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "6h");
+    }
+    if std::env::var_os("AWS_READ_TIMEOUT").is_none() {
+        b = b.with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ReadTimeout),
+            "60s",
+        );
+    }
     if let Some(region) = &opts.region {
         b = b.with_region(region);
     }
@@ -182,7 +196,7 @@ fn status_in(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
 }
 
 impl S3Source {
-    pub(super) fn new(url: &str, _bucket: &str, key: &str, store: Arc<AmazonS3>) -> S3Source {
+    pub(super) fn new(url: &str, key: &str, store: Arc<AmazonS3>) -> S3Source {
         S3Source {
             url: url.to_string(),
             key: object_path(key),
