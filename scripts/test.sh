@@ -20,7 +20,7 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 # package -> a command it provides
 declare -A TOOLS=(
   [skopeo]=skopeo [umoci]=umoci [containerd]=containerd [nginx-light]=nginx
-  [zstd]=zstd [python3]=python3 [curl]=curl [tar]=tar [gzip]=gzip
+  [zstd]=zstd [python3]=python3 [curl]=curl [tar]=tar [gzip]=gzip [openssl]=openssl
 )
 missing=()
 for pkg in "${!TOOLS[@]}"; do

@@ -375,18 +375,37 @@ enum Act {
     Cut(usize),
     /// The asked range.
     Serve,
+    /// 405 to HEAD (like some object stores and presigned URLs).
+    RefuseHead,
+}
+
+/// A request the fake server saw.
+#[derive(Clone, Debug)]
+struct Req {
+    method: String,
+    range: String,
+    if_match: String,
+    authorization: String,
+}
+
+type Seen = Arc<Mutex<Vec<Req>>>;
+
+/// (range, if-match) of each request.
+fn ranges(seen: &Seen) -> Vec<(String, String)> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|r| (r.range.clone(), r.if_match.clone()))
+        .collect()
 }
 
 /// An HTTP/1.1 server that answers one request per connection with `acts`
 /// in turn (then `Serve`), recording the requests' Range and If-Match.
-async fn fake_server(
-    content: Vec<u8>,
-    acts: Vec<Act>,
-) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+async fn fake_server(content: Vec<u8>, acts: Vec<Act>) -> (String, Seen) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let log = seen.clone();
     tokio::spawn(async move {
         let mut n = 0;
@@ -410,9 +429,13 @@ async fn fake_server(
                     .to_string()
             };
             let range = header("range");
-            log.lock()
-                .unwrap()
-                .push((range.clone(), header("if-match")));
+            let method = text.split(' ').next().unwrap_or("").to_ascii_uppercase();
+            log.lock().unwrap().push(Req {
+                method: method.clone(),
+                range: range.clone(),
+                if_match: header("if-match"),
+                authorization: header("authorization"),
+            });
             let act = acts.get(n).copied().unwrap_or(Act::Serve);
             n += 1;
             let total = content.len();
@@ -430,7 +453,15 @@ async fn fake_server(
                 None => (0, total - 1),
             };
             let body = &content[start..=end];
+            let act = match act {
+                Act::RefuseHead if method != "HEAD" => Act::Serve,
+                a => a,
+            };
             let head = match act {
+                Act::RefuseHead => {
+                    "HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        .to_string()
+                }
                 Act::Unavailable => {
                     "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                         .to_string()
@@ -443,7 +474,8 @@ async fn fake_server(
             };
             let _ = sock.write_all(head.as_bytes()).await;
             match act {
-                Act::Unavailable => {}
+                _ if method == "HEAD" => {}
+                Act::Unavailable | Act::RefuseHead => {}
                 Act::Cut(k) => {
                     let _ = sock.write_all(&body[..k.min(body.len())]).await;
                 }
@@ -479,9 +511,8 @@ async fn http_retries_5xx_and_resumes_a_broken_body() {
     };
     let s = src.stream(1000, Some(150_000), Some(&pin)).await.unwrap();
     assert_eq!(collect(s).await.unwrap(), &content[1000..151_000]);
-    let seen = seen.lock().unwrap().clone();
     assert_eq!(
-        seen,
+        ranges(&seen),
         [
             ("bytes=1000-150999".to_string(), "\"v1\"".to_string()),
             ("bytes=1000-150999".into(), "\"v1\"".into()),
@@ -518,4 +549,69 @@ async fn http_gives_up_after_bounded_tries() {
     let s = src.stream(0, Some(50_000), Some(&pin)).await.unwrap();
     assert!(collect(s).await.is_err());
     assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn http_sends_extra_headers_and_stats_without_head() {
+    let content = data(5000, 10);
+    let (url, seen) = fake_server(content.clone(), vec![Act::RefuseHead]).await;
+    let mut opts = fast_retries();
+    opts.http
+        .headers
+        .insert("Authorization".into(), "Bearer sekrit-token".into());
+    let sources = Sources::new();
+    let src = sources.open(&url, &opts, None).unwrap();
+    // HEAD refused (405): the size comes from GET Range: bytes=0-0.
+    let stat = src.stat().await.unwrap();
+    assert_eq!(stat.size, 5000);
+    assert_eq!(stat.version, "\"v1\"");
+    let b = src.read_range(10, 20, Some(&stat)).await.unwrap();
+    assert_eq!(&b[..], &content[10..30]);
+    let reqs = seen.lock().unwrap().clone();
+    let methods: Vec<&str> = reqs.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["HEAD", "GET", "GET"]);
+    assert_eq!(reqs[1].range, "bytes=0-0");
+    assert!(
+        reqs.iter()
+            .all(|r| r.authorization == "bearer sekrit-token")
+    );
+    // Neither the source, the options nor the factory show the token.
+    let shown = format!("{src:?} {opts:?} {sources:?}");
+    assert!(!shown.contains("sekrit"), "{shown}");
+}
+
+#[tokio::test]
+async fn https_with_a_custom_ca() {
+    if !e2e("https_with_a_custom_ca", &["nginx", "openssl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(100_000, 11);
+    std::fs::write(dir.path().join("image.tar"), &content).unwrap();
+    let nginx = TestServer::nginx_tls(dir.path());
+    let url = nginx.url("image.tar");
+    assert!(url.starts_with("https://"));
+    let sources = Sources::new();
+
+    // The system roots don't know the test CA.
+    let err = sources
+        .open(&url, &fast_retries(), None)
+        .unwrap()
+        .stat()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    let mut opts = fast_retries();
+    opts.http.ca_file = Some(nginx.ca_file());
+    let src = sources.open(&url, &opts, None).unwrap();
+    let stat = src.stat().await.unwrap();
+    assert_eq!(stat.size, 100_000);
+    let b = src.read_range(500, 1000, Some(&stat)).await.unwrap();
+    assert_eq!(&b[..], &content[500..1500]);
+
+    // A file that is not a CA bundle is an error when the source is opened.
+    opts.http.ca_file = Some(dir.path().join("image.tar"));
+    assert!(sources.open(&url, &opts, None).is_err());
 }

@@ -88,20 +88,32 @@ pub struct TestServer {
     state: tempfile::TempDir,
     access_log: Option<PathBuf>,
     what: String,
+    /// The CA and server certificate of a TLS server.
+    tls: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
     /// nginx honouring Range.
     pub fn nginx(root: &Path) -> TestServer {
-        Self::start_nginx(root, false)
+        Self::start_nginx(root, false, None)
+    }
+
+    /// nginx over HTTPS with a certificate for 127.0.0.1 signed by a fresh
+    /// test CA (made with `openssl`); the CA's PEM file is [`Self::ca_file`].
+    pub fn nginx_tls(root: &Path) -> TestServer {
+        let certs = tempfile::tempdir().unwrap();
+        make_certs(certs.path());
+        let mut s = Self::start_nginx(root, false, Some(certs.path()));
+        s.tls = Some(certs);
+        s
     }
 
     /// nginx with `max_ranges 0`: Range requests get the whole file (200).
     pub fn nginx_no_ranges(root: &Path) -> TestServer {
-        Self::start_nginx(root, true)
+        Self::start_nginx(root, true, None)
     }
 
-    fn start_nginx(root: &Path, no_ranges: bool) -> TestServer {
+    fn start_nginx(root: &Path, no_ranges: bool, tls: Option<&Path>) -> TestServer {
         let nginx = find_tool("nginx").expect("nginx not found");
         let state = tempfile::tempdir().unwrap();
         let s = state.path();
@@ -137,7 +149,7 @@ http {{
   default_type application/octet-stream;
   sendfile on;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{ssl};
     root {root};
     {ranges}
   }}
@@ -147,6 +159,13 @@ http {{
             user = if is_root { "user root;" } else { "" },
             root = root.display(),
             ranges = if no_ranges { "max_ranges 0;" } else { "" },
+            ssl = match tls {
+                Some(d) => format!(
+                    " ssl;\n    ssl_certificate {0}/server.pem;\n    ssl_certificate_key {0}/server.key",
+                    d.display()
+                ),
+                None => String::new(),
+            },
         );
         let conf_path = s.join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -206,6 +225,7 @@ http {{
             state,
             access_log: None,
             what: what.to_string(),
+            tls: None,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -232,9 +252,20 @@ http {{
         self.port
     }
 
-    /// `http://127.0.0.1:PORT` (the S3 endpoint for s3s-fs).
+    /// `http://127.0.0.1:PORT` (the S3 endpoint for s3s-fs), `https://`
+    /// for [`Self::nginx_tls`].
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The PEM file of the CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.tls
+            .as_ref()
+            .expect("not a TLS server")
+            .path()
+            .join("ca.pem")
     }
 
     /// `http://127.0.0.1:PORT/<path>`.
@@ -314,4 +345,87 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
+/// (`server.pem`, `server.key`), with `openssl`.
+fn make_certs(dir: &Path) {
+    let openssl = find_tool("openssl").expect("openssl not found");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ca.ext"),
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-new"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.csr",
+            "-subj",
+            "/CN=cartorio test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        "x509", "-req", "-in", "ca.csr", "-signkey", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-extfile", "ca.ext",
+    ]);
+    run(&[
+        &["req", "-new"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
 }
