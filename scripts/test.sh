@@ -20,7 +20,7 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 # package -> a command it provides
 declare -A TOOLS=(
   [skopeo]=skopeo [umoci]=umoci [containerd]=containerd [nginx-light]=nginx
-  [zstd]=zstd [python3]=python3 [curl]=curl [tar]=tar [gzip]=gzip
+  [zstd]=zstd [python3]=python3 [curl]=curl [tar]=tar [gzip]=gzip [openssl]=openssl
 )
 missing=()
 for pkg in "${!TOOLS[@]}"; do
@@ -36,6 +36,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq >/dev/null
     $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+fi
+
+# --- s3s-fs: the S3 server of tests/sources.rs (a cargo install, about 2-4 minutes) -----------
+if [ "${CARTORIO_SKIP_E2E:-}" != 1 ] && ! command -v s3s-fs >/dev/null 2>&1 \
+   && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  step "cargo install s3s-fs@0.14.1"
+  # its own target dir, so the install neither reuses nor pollutes the project's
+  S3S_TARGET=$(mktemp -d "${TMPDIR:-/tmp}/s3s-fs-build.XXXXXX")
+  CARGO_TARGET_DIR="$S3S_TARGET" cargo install s3s-fs@0.14.1 --locked --features binary >&2
+  rm -rf "$S3S_TARGET"
 fi
 
 # --- Rust toolchain components ---------------------------------------------------------------

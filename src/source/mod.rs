@@ -2,15 +2,29 @@
 //! which version of it is there, and read any byte range of it; everything
 //! above keys what it derives by (url, version) so a replaced object is
 //! re-read, never mixed with the old one.
+//!
+//! [`Sources`] opens a source from a URL: a path or `file://` URL, an
+//! `http(s)://` URL ([`HttpSource`]) or an `s3://bucket/key` URL
+//! ([`S3Source`]). It keeps one HTTP client per distinct [`HttpOptions`] and
+//! one S3 store per (bucket, [`S3Options`]), shared by every source opened
+//! through it.
 mod file;
+mod http;
+mod options;
+mod s3;
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
 
 pub use crate::catalog::ByteStream;
 pub use file::FileSource;
+pub use http::HttpSource;
+pub use options::{HttpOptions, S3Addressing, S3Options, SourceOptions};
+pub use s3::S3Source;
 
 /// Size and version of an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +47,7 @@ pub enum SourceError {
         expected: String,
         actual: String,
     },
-    #[error("{0}: unsupported source (expected a path or file:// URL)")]
+    #[error("{0}: unsupported source (expected a path, file://, http://, https:// or s3:// URL)")]
     Unsupported(String),
     /// The server answered a range request with the whole object: the
     /// caller falls back to one streaming pass.
@@ -53,7 +67,7 @@ impl SourceError {
     }
 }
 
-/// A readable object: a file today, an HTTP or S3 object later.
+/// A readable object: a file, an HTTP resource or an S3 object.
 #[async_trait::async_trait]
 pub trait Source: Send + Sync + fmt::Debug + 'static {
     /// The URL or path as the user wrote it, for logs and errors.
@@ -82,109 +96,197 @@ pub trait Source: Send + Sync + fmt::Debug + 'static {
     ) -> Result<ByteStream, SourceError>;
 }
 
-/// Opens a source from a path or URL. Relative paths are taken relative to
-/// `base` (the config file's directory) when given.
-pub fn open(url: &str, base: Option<&std::path::Path>) -> Result<Arc<dyn Source>, SourceError> {
-    let path = if let Some(rest) = url.strip_prefix("file://") {
-        std::path::PathBuf::from(rest)
+/// What kind of source a URL names.
+enum Kind<'a> {
+    File(PathBuf),
+    Http,
+    S3 { bucket: &'a str, key: &'a str },
+}
+
+fn kind<'a>(url: &'a str, base: Option<&Path>) -> Result<Kind<'a>, SourceError> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        Ok(Kind::File(PathBuf::from(rest)))
+    } else if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(Kind::Http)
+    } else if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(SourceError::io(url, "an s3:// URL needs a bucket"));
+        }
+        Ok(Kind::S3 { bucket, key })
     } else if url.contains("://") {
-        return Err(SourceError::Unsupported(url.to_string()));
+        Err(SourceError::Unsupported(url.to_string()))
     } else {
-        let p = std::path::PathBuf::from(url);
-        match base {
+        let p = PathBuf::from(url);
+        Ok(Kind::File(match base {
             Some(b) if p.is_relative() => b.join(p),
             _ => p,
-        }
-    };
-    Ok(Arc::new(FileSource::new(url.to_string(), path)))
+        }))
+    }
 }
 
-/// Per-source settings (`[image.http]`, `[image.s3]`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceOptions {
-    #[serde(default)]
-    pub http: HttpOptions,
-    #[serde(default)]
-    pub s3: S3Options,
+/// Opens sources from URLs, sharing HTTP clients and S3 stores between
+/// sources with the same options. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Sources {
+    inner: Arc<Shared>,
 }
 
-/// Settings for http(s) sources.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpOptions {}
+#[derive(Default)]
+struct Shared {
+    http: Mutex<HashMap<HttpOptions, reqwest::Client>>,
+    s3: Mutex<HashMap<(String, S3Options), Arc<object_store::aws::AmazonS3>>>,
+}
 
-/// Settings for s3 sources.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Options {}
-
-/// Opens sources and lists prefixes, sharing clients between them.
-#[derive(Clone, Debug, Default)]
-pub struct Sources {}
+impl fmt::Debug for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let http = self.inner.http.lock().map(|m| m.len()).unwrap_or(0);
+        let s3 = self.inner.s3.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("Sources")
+            .field("http_clients", &http)
+            .field("s3_stores", &s3)
+            .finish()
+    }
+}
 
 impl Sources {
     pub fn new() -> Sources {
-        Sources {}
+        Sources::default()
     }
 
+    /// Opens a source from a path or URL. Relative paths are taken relative
+    /// to `base` (the config file's directory) when given. Nothing is sent
+    /// over the network yet.
     pub fn open(
         &self,
         url: &str,
-        _opts: &SourceOptions,
-        base: Option<&std::path::Path>,
+        opts: &SourceOptions,
+        base: Option<&Path>,
     ) -> Result<Arc<dyn Source>, SourceError> {
-        open(url, base)
+        Ok(match kind(url, base)? {
+            Kind::File(path) => Arc::new(FileSource::new(url.to_string(), path)),
+            Kind::Http => {
+                let client = self.http_client(url, &opts.http)?;
+                Arc::new(HttpSource::new(url, client, &opts.http)?)
+            }
+            Kind::S3 { bucket, key } => {
+                if key.is_empty() || key.ends_with('/') {
+                    return Err(SourceError::io(url, "an s3:// URL needs an object key"));
+                }
+                let store = self.s3_store(url, bucket, &opts.s3)?;
+                Arc::new(S3Source::new(url, key, store))
+            }
+        })
     }
 
-    /// Full URLs (or paths, for paths) of the objects under a prefix,
-    /// sorted; None when the kind of source cannot list.
+    /// Full URLs of the objects under a prefix URL (recursive), sorted;
+    /// `Ok(None)` when the kind cannot list (http). A directory lists the
+    /// regular files below it, as paths when `prefix_url` is a path and as
+    /// `file://` URLs when it is a `file://` URL; S3 lists the keys under
+    /// the prefix taken as a folder (`s3://b/a` lists `a/...`, not `ab`),
+    /// as `s3://bucket/key` URLs.
     pub async fn list(
         &self,
         prefix_url: &str,
-        _opts: &SourceOptions,
-        base: Option<&std::path::Path>,
+        opts: &SourceOptions,
+        base: Option<&Path>,
     ) -> Result<Option<Vec<String>>, SourceError> {
-        if prefix_url.contains("://") && !prefix_url.starts_with("file://") {
-            return Ok(None);
-        }
-        let (scheme, raw) = match prefix_url.strip_prefix("file://") {
-            Some(r) => ("file://", r),
-            None => ("", prefix_url),
-        };
-        let full = match base {
-            Some(b) if std::path::Path::new(raw).is_relative() => b.join(raw).display().to_string(),
-            _ => raw.to_string(),
-        };
-        // List the folder the prefix ends in, keep what starts with it.
-        let dir = match full.rfind('/') {
-            Some(i) => full[..=i].to_string(),
-            None => "./".to_string(),
-        };
-        let strip = full.len() - raw.len();
-        let out = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let mut stack = vec![std::path::PathBuf::from(&dir)];
-            while let Some(d) = stack.pop() {
-                let Ok(rd) = std::fs::read_dir(&d) else {
-                    continue;
-                };
-                for e in rd.flatten() {
-                    let p = e.path();
-                    let Ok(ft) = e.file_type() else { continue };
-                    let s = p.display().to_string();
-                    if ft.is_dir() {
-                        stack.push(p);
-                    } else if ft.is_file() && s.starts_with(&full) {
-                        out.push(format!("{scheme}{}", &s[strip..]));
-                    }
-                }
+        match kind(prefix_url, base)? {
+            Kind::Http => Ok(None),
+            Kind::File(dir) => {
+                let as_url = prefix_url.starts_with("file://");
+                let url = prefix_url.to_string();
+                let found = tokio::task::spawn_blocking(move || list_dir(&dir))
+                    .await
+                    .map_err(|e| SourceError::io(&url, e))?
+                    .map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            SourceError::NotFound { url: url.clone() }
+                        } else {
+                            SourceError::io(&url, e)
+                        }
+                    })?;
+                let root = prefix_url.trim_end_matches('/');
+                let mut out: Vec<String> = found
+                    .into_iter()
+                    .map(|rel| {
+                        if as_url || !root.is_empty() {
+                            format!("{root}/{rel}")
+                        } else {
+                            rel
+                        }
+                    })
+                    .collect();
+                out.sort();
+                Ok(Some(out))
             }
-            out.sort();
-            out
-        })
-        .await
-        .map_err(|e| SourceError::io(prefix_url, e))?;
-        Ok(Some(out))
+            Kind::S3 { bucket, key } => {
+                let store = self.s3_store(prefix_url, bucket, &opts.s3)?;
+                s3::list(&store, bucket, key).await.map(Some)
+            }
+        }
     }
+
+    fn http_client(&self, url: &str, opts: &HttpOptions) -> Result<reqwest::Client, SourceError> {
+        let mut clients = self.inner.http.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(opts) {
+            return Ok(c.clone());
+        }
+        let c = http::build_client(opts).map_err(|e| SourceError::io(url, e))?;
+        clients.insert(opts.clone(), c.clone());
+        Ok(c)
+    }
+
+    fn s3_store(
+        &self,
+        url: &str,
+        bucket: &str,
+        opts: &S3Options,
+    ) -> Result<Arc<object_store::aws::AmazonS3>, SourceError> {
+        let mut stores = self.inner.s3.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (bucket.to_string(), opts.clone());
+        if let Some(s) = stores.get(&key) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(s3::build_store(bucket, opts).map_err(|e| SourceError::io(url, e))?);
+        stores.insert(key, s.clone());
+        Ok(s)
+    }
+}
+
+/// The regular files below `dir`, as `/`-separated paths relative to it.
+fn list_dir(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut todo = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, rel)) = todo.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let r = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            // Symlinks to files count (opening them works); symlinks to
+            // directories are not followed, so a loop cannot trap us.
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                todo.push((entry.path(), r));
+            } else if ft.is_file()
+                || (ft.is_symlink() && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()))
+            {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The sources opened by [`open`]: default options, shared clients.
+static DEFAULT: LazyLock<Sources> = LazyLock::new(Sources::new);
+
+/// Opens a source from a path or URL with default options. Relative paths
+/// are taken relative to `base` (the config file's directory) when given.
+pub fn open(url: &str, base: Option<&Path>) -> Result<Arc<dyn Source>, SourceError> {
+    DEFAULT.open(url, &SourceOptions::default(), base)
 }
