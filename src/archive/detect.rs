@@ -10,7 +10,7 @@ use super::{Archive, ArchiveError, docker, oci, rootfs};
 use crate::image::{Digest, ImageConfig, RepoName, Tag, split_image_ref};
 
 /// The archive formats cartorio serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// An OCI image layout (`oci-layout`, `index.json`, `blobs/`).
@@ -24,33 +24,34 @@ pub enum Format {
 }
 
 /// A document held in memory: a manifest, index or generated config.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Doc {
     pub media_type: String,
+    #[serde(with = "crate::image::hex_bytes")]
     pub bytes: Bytes,
 }
 
 /// Where a blob's bytes are.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum BlobAt {
     /// A member of the archive, by TOC name.
     Member(String),
     /// The archive file itself, as stored.
     Whole,
     /// Generated or already read and verified.
-    Memory(Bytes),
+    Memory(#[serde(with = "crate::image::hex_bytes")] Bytes),
     /// A layer re-packed from a subtree of the archive.
     Repack(std::sync::Arc<super::repack::Repack>),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Blob {
     pub size: u64,
     pub at: BlobAt,
 }
 
 /// The manifest a reference resolves to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Root {
     /// The archive's own manifest or index, served as it is.
     Stored(Digest),
@@ -71,7 +72,7 @@ impl Root {
 /// A name an archive records for an image: `docker.io/app:1` (a name and a
 /// tag, registry host dropped), or a bare `v1` (an OCI `ref.name` that is
 /// only a tag).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct ArchiveRef {
     pub name: Option<RepoName>,
     pub tag: Option<Tag>,
@@ -107,7 +108,7 @@ impl std::fmt::Display for ArchiveRef {
 }
 
 /// One image (or index) an archive holds.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FoundImage {
     /// Names the archive records for it; may be empty.
     pub refs: Vec<ArchiveRef>,
@@ -121,7 +122,7 @@ pub struct FoundImage {
 }
 
 /// Everything served from one archive.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Indexed {
     pub format: Option<Format>,
     pub images: Vec<FoundImage>,

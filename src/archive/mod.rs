@@ -51,7 +51,7 @@ pub enum ArchiveError {
 }
 
 /// Whole-archive compression, recognized by magic bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Compression {
     Gzip,
     Zstd,
@@ -86,8 +86,19 @@ pub enum Container {
     Dir(PathBuf),
 }
 
+/// The layout of a [`Container`] without its source, as saved indexes
+/// record it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Layout {
+    Tar,
+    Streamed {
+        compression: Option<Compression>,
+        ranged: bool,
+    },
+}
+
 /// Digests of the whole archive stream, as a rootfs layer needs them.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct StreamDigests {
     /// sha256 and size of the bytes as stored.
     pub stored: (Digest, u64),
@@ -301,6 +312,52 @@ impl Archive {
                 diff_id,
             }),
         })
+    }
+
+    /// How the bytes are laid out, for saving the index; None for a
+    /// directory (cheap to list again).
+    pub fn layout(&self) -> Option<Layout> {
+        match &self.container {
+            Container::Tar(_) => Some(Layout::Tar),
+            Container::Streamed {
+                compression,
+                ranged,
+                ..
+            } => Some(Layout::Streamed {
+                compression: *compression,
+                ranged: *ranged,
+            }),
+            Container::Dir(_) => None,
+        }
+    }
+
+    /// An archive whose TOC was saved earlier for this source at this
+    /// version: nothing is read to restore it.
+    pub fn restore(
+        source: Arc<dyn Source>,
+        layout: Layout,
+        toc: Toc,
+        stat: Stat,
+        digests: Option<StreamDigests>,
+    ) -> Archive {
+        let container = match layout {
+            Layout::Tar => Container::Tar(source),
+            Layout::Streamed {
+                compression,
+                ranged,
+            } => Container::Streamed {
+                source,
+                compression,
+                ranged,
+            },
+        };
+        Archive {
+            container,
+            toc,
+            stat,
+            fetched: 0,
+            digests,
+        }
     }
 
     /// Opens a directory (an OCI layout or a Concourse folder): the TOC is

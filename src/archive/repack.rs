@@ -13,15 +13,15 @@ use super::toc::{EntryKind, Toc};
 use super::{Archive, ArchiveError};
 use crate::source::ByteStream;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Segment {
-    Bytes(Bytes),
+    Bytes(#[serde(with = "crate::image::hex_bytes")] Bytes),
     /// The data of the archive entry with this name.
     Member(String),
 }
 
 /// A generated layer tar.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Repack {
     pub segments: Vec<Segment>,
     pub size: u64,

@@ -20,7 +20,7 @@ const CAPTURE_MAX_TOTAL: u64 = 64 * 1024 * 1024;
 const WINDOW: u64 = 64 * 1024;
 
 /// What kind of thing an entry is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EntryKind {
     File,
     Dir,
@@ -32,7 +32,7 @@ pub enum EntryKind {
 }
 
 /// One entry of a tar (or one file of a directory layout).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// Normalized: no leading `./` or `/`, no trailing `/`.
     pub name: String,
@@ -48,7 +48,7 @@ pub struct Entry {
 }
 
 /// The metadata of an entry that a re-packed layer keeps.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Meta {
     pub mode: u32,
     pub uid: u64,
@@ -58,10 +58,12 @@ pub struct Meta {
 
 /// Names and places of every entry, plus the bytes of the small files that
 /// formats need.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Toc {
     entries: Vec<Entry>,
     by_name: HashMap<String, usize>,
+    /// Only needed while formats are read; not kept in a saved index.
+    #[serde(skip)]
     captured: HashMap<String, Bytes>,
 }
 

@@ -6,6 +6,7 @@
 //! cache; when the cache cannot write (disk full, read-only), requests are
 //! served straight from upstream.
 mod disk;
+mod index;
 mod verify;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use futures_util::{StreamExt, stream};
 use tokio::sync::watch;
 
 pub use disk::DiskCache;
+pub use index::IndexStore;
 pub use verify::Verified;
 
 use crate::image::{Digest, Hasher};
@@ -62,6 +64,7 @@ pub struct BlobCache {
     /// Blobs up to this size are kept in memory (configs, small layers).
     memory_max_blob: u64,
     disk: Option<DiskCache>,
+    index: Option<IndexStore>,
     flights: Mutex<HashMap<Digest, Arc<Flight>>>,
 }
 
@@ -80,16 +83,28 @@ impl BlobCache {
             .max_capacity(settings.memory)
             .weigher(|_: &Digest, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
             .build();
+        let index = disk.as_ref().and_then(|_| {
+            let dir = settings.dir.as_ref()?.join("index");
+            IndexStore::open(&dir)
+                .map_err(|e| tracing::warn!(dir = %dir.display(), "indexes will not be saved: {e}"))
+                .ok()
+        });
         BlobCache {
             memory,
             memory_max_blob: (settings.memory / 16).min(8 * 1024 * 1024),
             disk,
+            index,
             flights: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn disk(&self) -> Option<&DiskCache> {
         self.disk.as_ref()
+    }
+
+    /// Where indexes are saved, with the disk tier.
+    pub fn index(&self) -> Option<&IndexStore> {
+        self.index.as_ref()
     }
 
     /// Bytes `start..=end` of the blob `digest` (of `size` bytes), from

@@ -6,10 +6,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::archive::{self, Archive, ArchiveError, ArchiveRef, Indexed, Root, Spill};
+use crate::archive::{
+    self, Archive, ArchiveError, ArchiveRef, Indexed, Layout, Root, Spill, StreamDigests, Toc,
+};
+use crate::cache::{BlobCache, CacheSpill, IndexStore};
 use crate::config::ImageSpec;
 use crate::image::{Digest, Tag};
-use crate::source::{Source, SourceError, SourceOptions, Sources};
+use crate::source::{Source, SourceError, SourceOptions, Sources, Stat};
 
 /// Where an archive is: a tar behind a source, or a local directory.
 #[derive(Debug, Clone)]
@@ -94,6 +97,26 @@ pub struct Loaded {
     pub digests: HashSet<Digest>,
 }
 
+/// A saved index, as written.
+#[derive(serde::Serialize)]
+struct SavedIndexRef<'a> {
+    layout: Layout,
+    toc: &'a Toc,
+    stat: &'a Stat,
+    digests: Option<StreamDigests>,
+    indexed: &'a Indexed,
+}
+
+/// A saved index, as read back.
+#[derive(serde::Deserialize)]
+struct SavedIndex {
+    layout: Layout,
+    toc: Toc,
+    stat: Stat,
+    digests: Option<StreamDigests>,
+    indexed: Indexed,
+}
+
 /// Why a binding has no index: its archive is gone (`missing`, answered
 /// as unknown), or it cannot be read or parsed (answered as an error).
 #[derive(Clone, Debug)]
@@ -135,7 +158,8 @@ pub struct Binding {
     /// One revalidation or load at a time.
     loading: tokio::sync::Mutex<()>,
     revalidate: Duration,
-    spill: Option<Arc<dyn Spill>>,
+    /// Where blobs from streaming passes and saved indexes go.
+    cache: Option<Arc<BlobCache>>,
 }
 
 impl Binding {
@@ -143,7 +167,7 @@ impl Binding {
         spec: ImageSpec,
         location: Location,
         revalidate: Duration,
-        spill: Option<Arc<dyn Spill>>,
+        cache: Option<Arc<BlobCache>>,
     ) -> Binding {
         Binding {
             spec,
@@ -151,7 +175,7 @@ impl Binding {
             snapshot: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
             revalidate,
-            spill,
+            cache,
         }
     }
 
@@ -241,15 +265,74 @@ impl Binding {
         s.result.as_ref().ok().cloned()
     }
 
+    /// The saved index of this archive at `version`, if there is one.
+    fn restore(&self, version: &str) -> Option<(Arc<Archive>, Indexed)> {
+        let Location::Tar(source) = &self.location else {
+            return None;
+        };
+        let store = self.cache.as_ref()?.index()?;
+        let key = IndexStore::key(source.url(), version, &self.index_settings());
+        let saved: SavedIndex = serde_json::from_slice(&store.get(&key)?).ok()?;
+        if saved.stat.version != version {
+            return None;
+        }
+        let archive = Archive::restore(
+            source.clone(),
+            saved.layout,
+            saved.toc,
+            saved.stat,
+            saved.digests,
+        );
+        tracing::debug!(image = %self.spec.name, source = source.url(), "index restored from the cache");
+        Some((Arc::new(archive), saved.indexed))
+    }
+
+    fn save(&self, archive: &Archive, indexed: &Indexed) {
+        let (Location::Tar(source), Some(layout)) = (&self.location, archive.layout()) else {
+            return;
+        };
+        let Some(store) = self.cache.as_ref().and_then(|c| c.index()) else {
+            return;
+        };
+        let key = IndexStore::key(source.url(), &archive.stat.version, &self.index_settings());
+        let saved = SavedIndexRef {
+            layout,
+            toc: &archive.toc,
+            stat: &archive.stat,
+            digests: archive.digests,
+            indexed,
+        };
+        if let Ok(bytes) = serde_json::to_vec(&saved) {
+            store.put(&key, &bytes);
+        }
+    }
+
+    /// What besides the archive shapes its index: the image settings.
+    fn index_settings(&self) -> String {
+        serde_json::to_string(&self.spec.config).unwrap_or_default()
+    }
+
     async fn load(&self, version: String) -> Result<Arc<Loaded>, String> {
-        let archive = self
-            .location
-            .open_spilling(self.spill.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        let indexed = archive::index(&archive, &self.spec.config)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (archive, indexed) = match self.restore(&version) {
+            Some(r) => r,
+            None => {
+                let spill = self
+                    .cache
+                    .as_ref()
+                    .filter(|c| c.disk().is_some())
+                    .map(|c| Arc::new(CacheSpill(c.clone())) as Arc<dyn Spill>);
+                let archive = self
+                    .location
+                    .open_spilling(spill)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let indexed = archive::index(&archive, &self.spec.config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.save(&archive, &indexed);
+                (archive, indexed)
+            }
+        };
         let tags = select_tags(&self.spec, &indexed)?;
         let mut digests: HashSet<Digest> = HashSet::new();
         let roots: BTreeSet<Digest> = tags.values().flat_map(Root::digests).collect();

@@ -94,7 +94,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::archive::{BlobAt, Root};
-use crate::cache::{BlobCache, CacheSpill, Fetch};
+use crate::cache::{BlobCache, Fetch};
 use crate::config::{ImageSpec, RouteSpec};
 use crate::image::media;
 use crate::source::Sources;
@@ -137,9 +137,6 @@ impl Catalog {
         cache: Arc<BlobCache>,
     ) -> Result<Catalog, String> {
         let mut repos: BTreeMap<RepoName, Vec<Arc<Binding>>> = BTreeMap::new();
-        let spill: Option<Arc<dyn crate::archive::Spill>> = cache
-            .disk()
-            .map(|_| Arc::new(CacheSpill(cache.clone())) as Arc<dyn crate::archive::Spill>);
         for spec in specs {
             let location = Location::open(&sources, &spec.source, &spec.options, base)
                 .map_err(|e| format!("{}: {e}", spec.origin))?;
@@ -155,7 +152,7 @@ impl Catalog {
                     spec,
                     location,
                     revalidate,
-                    spill.clone(),
+                    Some(cache.clone()),
                 )));
         }
         let catalog = Catalog {
@@ -172,13 +169,6 @@ impl Catalog {
         let all: Vec<_> = catalog.repos.values().flatten().cloned().collect();
         futures_util::future::join_all(all.iter().map(|b| b.current())).await;
         Ok(catalog)
-    }
-
-    /// Where streaming passes put the blobs they read: the disk tier.
-    fn spill(&self) -> Option<Arc<dyn crate::archive::Spill>> {
-        self.cache
-            .disk()
-            .map(|_| Arc::new(CacheSpill(self.cache.clone())) as Arc<dyn crate::archive::Spill>)
     }
 
     fn repo(&self, repo: &RepoName) -> Result<Repo<'_>, CatalogError> {
@@ -226,7 +216,7 @@ impl Catalog {
                     spec,
                     location,
                     self.revalidate,
-                    self.spill(),
+                    Some(self.cache.clone()),
                 )))
             })
             .map_err(|e| CatalogError::Source(r.origin.clone(), e.to_string()))

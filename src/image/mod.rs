@@ -2,6 +2,7 @@
 //! the manifests and configs cartorio builds.
 pub mod build;
 mod digest;
+pub mod hex_bytes;
 pub mod media;
 mod name;
 

@@ -27,7 +27,7 @@ pub use options::{HttpOptions, S3Addressing, S3Options, SourceOptions};
 pub use s3::S3Source;
 
 /// Size and version of an object.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stat {
     pub size: u64,
     /// Changes whenever the content may have changed (ETag, or mtime+size).
