@@ -385,8 +385,9 @@ fn follow(f: Follow) -> ByteStream {
                     }
                     let progress = f.progress.borrow_and_update().clone();
                     let readable = match progress {
-                        // The blob's last byte waits for the verdict.
-                        Progress::Writing(w) => w.min(f.size - 1),
+                        // The blob's last byte, and this range's, wait for
+                        // the verdict (as `Verified` holds them without a cache).
+                        Progress::Writing(w) => w.min(f.size - 1).min(f.end),
                         Progress::Done => f.size,
                         Progress::Failed(why) => {
                             return Some((
