@@ -606,3 +606,24 @@ fn unusable_cache_dir_serves_from_source() {
     );
     assert_eq!(fs::read(&file).unwrap(), b"x", "the file was touched");
 }
+
+/// A range of a cold blob whose upstream lies is cut like a whole-blob request: with the
+/// cache on, as without it (`--cache-dir none`), the range's last byte waits for the verdict
+/// on the whole blob.  (Clients resuming a layer download send such ranges.)
+#[test]
+fn range_of_a_cold_corrupt_blob_is_cut() {
+    e2e!();
+    let tmp = tempdir();
+    let archive = big_rootfs(tmp.path(), 8);
+    let cache = tmp.path().join("cache");
+    let cached_server = Server::serve(&["--cache-dir", s(&cache), &format!("big={}", s(&archive))]);
+    let uncached = Server::serve(&["--cache-dir", "none", &format!("big={}", s(&archive))]);
+    let (layer, _) = only_layer(&cached_server, "big:latest");
+    // Both servers indexed the good bytes; now byte 5000 is wrong.
+    flip_byte_keep_version(&archive, 5000);
+    for (server, what) in [(&uncached, "without cache"), (&cached_server, "with cache")] {
+        let f = curl_get(&blob_url(server, "big", &layer), &["-r", "0-9999"]);
+        assert_cut(&f, &format!("range 0-9999 of a corrupt cold blob {what}"));
+    }
+    assert!(!cache.join("sha256").join(hex(&layer)).exists());
+}
