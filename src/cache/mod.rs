@@ -119,7 +119,7 @@ impl BlobCache {
         };
         if disk.contains(&digest) {
             match std::fs::File::open(disk.path(&digest)) {
-                Ok(f) => {
+                Ok(f) if f.metadata().is_ok_and(|m| m.len() == size) => {
                     if size <= self.memory_max_blob
                         && let Ok(b) = std::fs::read(disk.path(&digest))
                         && b.len() as u64 == size
@@ -130,7 +130,8 @@ impl BlobCache {
                     }
                     return Ok(file_range(Arc::new(f), start, end));
                 }
-                Err(_) => disk.forget(&digest),
+                // Vanished, unreadable or not the blob's length: fetch it again.
+                _ => disk.forget(&digest),
             }
         }
         let flight = self.flight(digest, size, label.clone(), fetch.clone())?;
