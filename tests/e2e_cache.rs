@@ -627,3 +627,33 @@ fn range_of_a_cold_corrupt_blob_is_cut() {
     }
     assert!(!cache.join("sha256").join(hex(&layer)).exists());
 }
+
+/// A cached file shorter than its blob (a power loss after the rename, before the bytes
+/// reached the disk; a full disk; a careless admin) is dropped and fetched again instead of
+/// failing every pull of that blob for good.
+#[test]
+fn short_cached_file_is_fetched_again() {
+    e2e!();
+    let tmp = tempdir();
+    let archive = fixture("docker-archive.tar");
+    let cache = tmp.path().join("cache");
+    let args = ["--cache-dir", s(&cache), s(&archive)];
+    let server = Server::serve(&args);
+    let layers = pull_checked(&server, "fixture/app:v1");
+    drop(server);
+    let victim = cache.join("sha256").join(hex(&layers[0]));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    // Restarted: the memory tier is empty, the disk tier has the short file.
+    let server = Server::serve(&args);
+    for _ in 0..2 {
+        let r = http("GET", &blob_url(&server, "fixture/app", &layers[0]), &[]);
+        assert_eq!((r.status, sha256(&r.body)), (200, layers[0].clone()));
+    }
+    pull_checked(&server, "fixture/app:v1");
+    assert_cached(&cache, &layers[0]);
+}
