@@ -134,7 +134,7 @@ impl BlobCache {
         };
         if disk.contains(&digest) {
             match std::fs::File::open(disk.path(&digest)) {
-                Ok(f) => {
+                Ok(f) if f.metadata().is_ok_and(|m| m.len() == size) => {
                     if size <= self.memory_max_blob
                         && let Ok(b) = std::fs::read(disk.path(&digest))
                         && b.len() as u64 == size
@@ -145,7 +145,8 @@ impl BlobCache {
                     }
                     return Ok(file_range(Arc::new(f), start, end));
                 }
-                Err(_) => disk.forget(&digest),
+                // Vanished, unreadable or not the blob's length: fetch it again.
+                _ => disk.forget(&digest),
             }
         }
         let flight = self.flight(digest, size, label.clone(), fetch.clone())?;
@@ -456,8 +457,9 @@ fn follow(f: Follow) -> ByteStream {
                     }
                     let progress = f.progress.borrow_and_update().clone();
                     let readable = match progress {
-                        // The blob's last byte waits for the verdict.
-                        Progress::Writing(w) => w.min(f.size - 1),
+                        // The blob's last byte, and this range's, wait for
+                        // the verdict (as `Verified` holds them without a cache).
+                        Progress::Writing(w) => w.min(f.size - 1).min(f.end),
                         Progress::Done => f.size,
                         Progress::Failed(why) => {
                             return Some((

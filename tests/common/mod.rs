@@ -807,3 +807,21 @@ impl Drop for Containerd {
         let _ = self.child.wait();
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Crashing the server
+// ------------------------------------------------------------------------------------------
+
+impl Server {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would: no cleanup runs.  Waits for the exit.
+    pub fn kill9(&mut self) {
+        // `Child::kill` sends SIGKILL on Unix.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
