@@ -66,10 +66,8 @@ impl DiskCache {
         let blobs = dir.join("sha256");
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&blobs)?;
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
         std::fs::create_dir_all(&tmp)?;
+        remove_stale_temps(&tmp);
         let mut found = Vec::new();
         for e in std::fs::read_dir(&blobs)?.flatten() {
             let name = e.file_name();
@@ -162,6 +160,27 @@ impl DiskCache {
     }
 }
 
+/// Removes temp files of processes that are gone (a crash). Temp names
+/// carry the writer's pid, so a second server sharing the folder keeps its
+/// fills in progress.
+fn remove_stale_temps(tmp: &Path) {
+    let Ok(rd) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.split('.').nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let alive = pid
+            .is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,14 +207,27 @@ mod tests {
         // A crash leaves a temp file behind; a restart removes it and finds
         // the stored blobs again.
         std::fs::write(c.temp_path(&a), b"partial").unwrap();
+        // Another live server's fill in progress is left alone (pid 1 is
+        // always alive); one of a dead pid is not.
+        let live = dir.path().join("tmp").join(format!("{}.1.0", a.hex()));
+        std::fs::write(&live, b"filling").unwrap();
+        std::fs::write(
+            dir.path()
+                .join("tmp")
+                .join(format!("{}.999999999.0", a.hex())),
+            b"x",
+        )
+        .unwrap();
         drop(c);
         let c = DiskCache::open(dir.path(), 250).unwrap();
         assert!(c.contains(&a) && c.contains(&x));
         assert_eq!(c.used(), 200);
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(left, vec![live]);
         // A smaller bound after a restart evicts at once.
         drop(c);
         let c = DiskCache::open(dir.path(), 150).unwrap();
