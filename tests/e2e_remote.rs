@@ -300,9 +300,9 @@ const RANGELESS: &[(&str, &str, &str, &str)] = &[
     ("rootfs.tar.gz", "fx/rootfs-gz", "latest", "rootfs"),
 ];
 
-fn pulls_from_rangeless(upstream: &TestServer) {
+fn pulls_from_rangeless(upstream: &TestServer, cache: &str) {
     let tmp = tempdir();
-    let mut body = String::new();
+    let mut body = cache.to_string();
     for (file, name, _, _) in RANGELESS {
         body += &format!(
             "[[image]]\nname = \"{name}\"\nsource = {}\n\n",
@@ -331,13 +331,15 @@ fn rangeless_upstreams() {
         put(root.path(), &[(&format!("images/{file}"), file)]);
     }
     let nginx = TestServer::nginx_no_ranges(root.path());
-    pulls_from_rangeless(&nginx);
+    pulls_from_rangeless(&nginx, "");
     assert!(
         nginx.served().iter().all(|l| l.status != 206),
         "max_ranges 0 answered a 206"
     );
     let python = TestServer::python(root.path());
-    pulls_from_rangeless(&python);
+    pulls_from_rangeless(&python, "");
+    // Without a disk cache, every blob costs a pass from the start of the archive.
+    pulls_from_rangeless(&python, "[cache]\ndir = \"none\"\n\n");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -749,7 +751,18 @@ fn hostile_requests(s: &Server) {
 fn templated_routes_on_s3() {
     e2e!("s3s-fs");
     let root = tempdir();
-    builds_tree(&root.path().join("cibuilds"));
+    let bucket = root.path().join("cibuilds");
+    builds_tree(&bucket);
+    // Keys that fit no valid name and tag, or not the template: not images.
+    put(
+        &bucket,
+        &[
+            ("builds/UPPER/1/image.tar", "docker-archive.tar"),
+            ("builds/app/.v1/image.tar", "docker-archive.tar"),
+            ("builds/app/4/other.tar", "docker-archive.tar"),
+            ("builds/image.tar", "docker-archive.tar"),
+        ],
+    );
     let s3 = TestServer::s3s(root.path(), KEY, SECRET);
     let tmp = tempdir();
     let s = Server::proxy(&route_config(
@@ -976,5 +989,91 @@ fn warm_pulls_read_no_blob_upstream() {
          after the restart nginx served {} bytes in {} requests (indexing and revalidation)",
         after[mark..].iter().map(|l| l.body_bytes).sum::<u64>(),
         after.len() - mark
+    ));
+}
+
+// ------------------------------------------------------------------------------------------
+// The upstream gone
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn upstream_down() {
+    e2e!("nginx");
+    let root = tempdir();
+    put(
+        root.path(),
+        &[
+            ("images/docker-archive.tar", "docker-archive.tar"),
+            ("images/multi-image.tar", "multi-image.tar"),
+        ],
+    );
+    let nginx = TestServer::nginx(root.path());
+    let tmp = tempdir();
+    let s = Server::proxy(&write_config(
+        tmp.path(),
+        &format!(
+            "revalidate = \"100ms\"\n\
+             [[image]]\nname = \"fx/app\"\nsource = {}\n\
+             [[image]]\nname = \"fx/other\"\nsource = {}\nselect = \"v2\"\ntags = [\"v2\"]\n",
+            toml_str(&nginx.url("images/docker-archive.tar")),
+            toml_str(&nginx.url("images/multi-image.tar")),
+        ),
+    ));
+    // fx/app is pulled (its blobs land in the cache), fx/other only indexed.
+    let (_dir, pulled) = pull_dir(&s, "fx/app:v1", &[]);
+    let other = get_manifest(&s, "fx/other", "v2");
+    drop(nginx);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The tag cannot be checked: a server-side error naming the source.
+    let r = http(
+        "GET",
+        &s.url("/v2/fx/app/manifests/v1"),
+        &[ACCEPT_MANIFESTS],
+    );
+    assert!((500..600).contains(&r.status), "{} {}", r.status, r.text());
+    assert_eq!(error_code(&r), "UNKNOWN");
+    assert!(
+        r.text().contains("images/docker-archive.tar"),
+        "{}",
+        r.text()
+    );
+    note(&format!(
+        "upstream down: a tag's manifest answers {}",
+        r.status
+    ));
+
+    // Blobs already pulled are still served, whole, from the cache.
+    for d in layer_digests(&pulled) {
+        let r = http("GET", &s.url(&format!("/v2/fx/app/blobs/{d}")), &[]);
+        assert_eq!(r.status, 200, "cached blob {d} with the upstream down");
+        assert_eq!(sha256(&r.body), d);
+    }
+    // A blob never fetched: an error, or a body cut short; never a whole body.
+    let d = &layer_digests(&other)[1];
+    let url = s.url(&format!("/v2/fx/other/blobs/{d}"));
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(&url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !out.status.success() || code.starts_with('5'),
+        "uncached blob with the upstream down: curl {} HTTP {code}",
+        out.status
+    );
+    note(&format!(
+        "upstream down: an uncached blob answers HTTP {code}, curl {}",
+        out.status
     ));
 }
