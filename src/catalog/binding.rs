@@ -122,6 +122,9 @@ struct SavedIndex {
 #[derive(Clone, Debug)]
 pub struct LoadError {
     pub missing: bool,
+    /// The source could not be asked for its version (down, denied, 5xx):
+    /// the source failed, not the archive.
+    pub unavailable: bool,
     pub message: String,
 }
 
@@ -216,6 +219,7 @@ impl Binding {
                 tracing::warn!(image = %self.spec.name, "source unavailable: {e}");
                 return Err(LoadError {
                     missing: matches!(e, ArchiveError::Source(SourceError::NotFound { .. })),
+                    unavailable: true,
                     message: e.to_string(),
                 });
             }
@@ -236,6 +240,7 @@ impl Binding {
             .await
             .map_err(|message| LoadError {
                 missing: false,
+                unavailable: false,
                 message,
             });
         match &r {

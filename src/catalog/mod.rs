@@ -358,13 +358,16 @@ impl Images for Catalog {
                             }
                         }
                         Err(e) if e.missing => {}
-                        Err(e) => broken = Some((b.spec.source.clone(), e.message)),
+                        Err(e) => broken = Some((b.spec.source.clone(), e)),
                     }
                 }
                 match (hit, broken) {
                     (Some(h), _) => h,
                     // A broken archive may be the one that holds the tag.
-                    (None, Some((src, e))) => return Err(CatalogError::Broken(src, e)),
+                    (None, Some((src, e))) if e.unavailable => {
+                        return Err(CatalogError::Source(src, e.message));
+                    }
+                    (None, Some((src, e))) => return Err(CatalogError::Broken(src, e.message)),
                     (None, None) => return Err(unknown()),
                 }
             }

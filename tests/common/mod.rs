@@ -183,6 +183,11 @@ impl Server {
 
     /// Like `start`, but returns `Err((exit description, stderr))` if the process exits first.
     pub fn try_start(args: &[&str]) -> Result<Server, (String, String)> {
+        Self::try_start_env(args, &[])
+    }
+
+    /// Like `try_start`, with extra environment variables for the server process.
+    pub fn try_start_env(args: &[&str], env: &[(&str, &str)]) -> Result<Server, (String, String)> {
         let logdir = tempdir();
         let stderr_path = logdir.path().join("stderr.log");
         let bin = bin();
@@ -191,6 +196,7 @@ impl Server {
             .env("RUST_BACKTRACE", "1")
             // Each server gets its own default cache folder, gone with it.
             .env("XDG_CACHE_HOME", logdir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
