@@ -162,6 +162,19 @@ impl BlobCache {
                 Box::new(|| {}),
             )));
         };
+        // Wait for the source's first bytes, so a source that fails at once
+        // is answered with an error status instead of a cut 200.
+        let mut first = flight.progress.clone();
+        loop {
+            match &*first.borrow_and_update() {
+                Progress::Writing(0) => {}
+                Progress::Failed(why) => return Err(io::Error::other(why.to_string())),
+                _ => break,
+            }
+            if first.changed().await.is_err() {
+                break;
+            }
+        }
         let file = match std::fs::File::open(&flight.tmp) {
             Ok(f) => Some(Arc::new(f)),
             // Renamed into place already: the verified file.
