@@ -132,6 +132,44 @@ pub struct Indexed {
     pub referrers: BTreeMap<Digest, Vec<serde_json::Value>>,
 }
 
+impl Indexed {
+    /// Records the config and the generated manifests of an image; returns
+    /// its root. Their digests are added to `reach`.
+    pub(crate) fn add_generated(
+        &mut self,
+        config: &Bytes,
+        layers: &[crate::image::build::Layer],
+        reach: &mut BTreeSet<Digest>,
+    ) -> Root {
+        use crate::image::{build, media};
+        let config_digest = Digest::of(config);
+        self.blobs.insert(
+            config_digest,
+            Blob {
+                size: config.len() as u64,
+                at: BlobAt::Memory(config.clone()),
+            },
+        );
+        reach.insert(config_digest);
+        let (oci, docker) = build::manifests((config_digest, config.len() as u64), layers);
+        let mut add = |bytes: Bytes, media_type: &str| {
+            let d = Digest::of(&bytes);
+            self.docs.insert(
+                d,
+                Doc {
+                    media_type: media_type.into(),
+                    bytes,
+                },
+            );
+            reach.insert(d);
+            d
+        };
+        let oci = add(oci, media::OCI_MANIFEST);
+        let docker = docker.map(|d| add(d, media::DOCKER_MANIFEST));
+        Root::Generated { oci, docker }
+    }
+}
+
 /// Whether a 512-byte block is a tar header: its checksum adds up.
 pub(crate) fn looks_like_tar(block: &[u8]) -> bool {
     if block.len() < 512 {

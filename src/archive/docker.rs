@@ -8,10 +8,10 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::detect::{ArchiveRef, Blob, BlobAt, Doc, Format, FoundImage, Indexed, Root};
+use super::detect::{ArchiveRef, Blob, BlobAt, Format, FoundImage, Indexed};
 use super::{Archive, ArchiveError, Compression};
-use crate::image::build::{self, Layer, LayerKind};
-use crate::image::{Digest, media};
+use crate::image::Digest;
+use crate::image::build::{Layer, LayerKind};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -127,35 +127,7 @@ async fn image(archive: &Archive, e: &Entry, ix: &mut Indexed) -> Result<FoundIm
             size: entry.size,
         });
     }
-    ix.blobs.insert(
-        config_digest,
-        Blob {
-            size: config_bytes.len() as u64,
-            at: BlobAt::Memory(config_bytes.clone()),
-        },
-    );
-    let (oci, docker) = build::manifests((config_digest, config_bytes.len() as u64), &layers);
-    let oci_digest = Digest::of(&oci);
-    ix.docs.insert(
-        oci_digest,
-        Doc {
-            media_type: media::OCI_MANIFEST.into(),
-            bytes: oci,
-        },
-    );
-    digests.insert(oci_digest);
-    let docker_digest = docker.map(|d| {
-        let dd = Digest::of(&d);
-        ix.docs.insert(
-            dd,
-            Doc {
-                media_type: media::DOCKER_MANIFEST.into(),
-                bytes: d,
-            },
-        );
-        digests.insert(dd);
-        dd
-    });
+    let root = ix.add_generated(&config_bytes, &layers, &mut digests);
     let refs = e
         .repo_tags
         .iter()
@@ -174,10 +146,7 @@ async fn image(archive: &Archive, e: &Entry, ix: &mut Indexed) -> Result<FoundIm
         .collect();
     Ok(FoundImage {
         refs,
-        root: Root::Generated {
-            oci: oci_digest,
-            docker: docker_digest,
-        },
+        root,
         digests,
         platforms: vec![platform(
             config.os.as_deref(),

@@ -8,12 +8,12 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-use super::detect::{Blob, BlobAt, Doc, Format, FoundImage, Indexed, Root};
+use super::detect::{Blob, BlobAt, Format, FoundImage, Indexed};
 use super::docker::platform;
 use super::toc::Toc;
 use super::{Archive, ArchiveError, Compression, Container, StreamDigests, repack};
+use crate::image::ImageConfig;
 use crate::image::build::{self, Layer, LayerKind};
-use crate::image::{Digest, ImageConfig, media};
 use std::sync::Arc;
 
 /// Member names a Concourse resource uses for a packed rootfs.
@@ -152,15 +152,12 @@ fn build_image(
 ) -> FoundImage {
     let (layer_digest, layer_size) = digests.stored;
     let config = build::config(user, base, &[digests.diff_id], created_by);
-    let config_digest = Digest::of(&config);
     let layers = [Layer {
         kind,
         digest: layer_digest,
         size: layer_size,
     }];
-    let (oci, docker) = build::manifests((config_digest, config.len() as u64), &layers);
-    let oci_digest = Digest::of(&oci);
-    let mut set = BTreeSet::from([config_digest, layer_digest, oci_digest]);
+    let mut set = BTreeSet::from([layer_digest]);
     ix.blobs.insert(
         layer_digest,
         Blob {
@@ -168,39 +165,11 @@ fn build_image(
             at,
         },
     );
-    ix.blobs.insert(
-        config_digest,
-        Blob {
-            size: config.len() as u64,
-            at: BlobAt::Memory(config.clone()),
-        },
-    );
-    ix.docs.insert(
-        oci_digest,
-        Doc {
-            media_type: media::OCI_MANIFEST.into(),
-            bytes: oci,
-        },
-    );
-    let docker_digest = docker.map(|d| {
-        let dd = Digest::of(&d);
-        ix.docs.insert(
-            dd,
-            Doc {
-                media_type: media::DOCKER_MANIFEST.into(),
-                bytes: d,
-            },
-        );
-        set.insert(dd);
-        dd
-    });
+    let root = ix.add_generated(&config, &layers, &mut set);
     let cv: serde_json::Value = serde_json::from_slice(&config).unwrap_or_default();
     FoundImage {
         refs: Vec::new(),
-        root: Root::Generated {
-            oci: oci_digest,
-            docker: docker_digest,
-        },
+        root,
         digests: set,
         platforms: vec![platform(
             cv["os"].as_str(),
