@@ -2,8 +2,10 @@
 # Benchmarks cartorio against nginx (the same files, sendfile) and Debian's docker-registry
 # (the reference Go registry, distribution 2.8) on 127.0.0.1, and prints a markdown report.
 #
-#   scripts/bench.sh            full run: ~1 GiB image, 3 rounds (about 15-25 minutes)
-#   scripts/bench.sh --quick    ~64 MiB image, 1 round, TOC test on 64 MiB only (< 3 minutes);
+#   scripts/bench.sh            full run: ~1 GiB image, 3 rounds (about 6 minutes on 2 cores
+#                               without remote sources; budget 15-25 minutes with them)
+#   scripts/bench.sh --quick    ~64 MiB image, 1 round, TOC test on 64 MiB only (about 20 s plus
+#                               the release build);
 #                               CI runs it as a smoke test: it asserts nothing about speed,
 #                               only that every measurement runs (exit 0)
 #   options: --rounds N  (override)   --only 1,3,5  (a subset of the measurements)
@@ -112,8 +114,12 @@ ARGS=(--tmp "$TMP" --bin "$BIN" --images "$TMP/images")
 [ -n "$QUICK" ] && ARGS+=(--quick)
 [ -n "$ROUNDS" ] && ARGS+=(--rounds "$ROUNDS")
 [ -n "$ONLY" ] && ARGS+=(--only "$ONLY")
+# in the background, so that a signal runs the trap at once (bash defers traps while it
+# waits for a foreground command); the trap kills run.py and then every server it started
 rc=0
-python3 scripts/bench/run.py "${ARGS[@]}" > "$TMP/report.md" || rc=$?
+python3 scripts/bench/run.py "${ARGS[@]}" > "$TMP/report.md" &
+echo $! >> "$TMP/pids"
+wait $! || rc=$?
 cat "$TMP/report.md"
 [ -n "$OUT" ] && cp "$TMP/report.md" "$OUT"
 echo "bench.sh: done in $(( $(date +%s) - START )) s (exit $rc)" >&2
