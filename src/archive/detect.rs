@@ -133,6 +133,28 @@ pub struct Indexed {
 }
 
 impl Indexed {
+    /// The archive entries blobs are read from: all that serving needs of
+    /// the TOC.
+    pub fn members(&self) -> std::collections::HashSet<String> {
+        let mut out = std::collections::HashSet::new();
+        for b in self.blobs.values() {
+            match &b.at {
+                BlobAt::Member(n) => {
+                    out.insert(n.clone());
+                }
+                BlobAt::Repack(r) => {
+                    for s in &r.segments {
+                        if let super::repack::Segment::Member(n) = s {
+                            out.insert(n.clone());
+                        }
+                    }
+                }
+                BlobAt::Whole | BlobAt::Memory(_) => {}
+            }
+        }
+        out
+    }
+
     /// Records the config and the generated manifests of an image; returns
     /// its root. Their digests are added to `reach`.
     pub(crate) fn add_generated(

@@ -365,6 +365,38 @@ async fn later_entry_of_the_same_name_wins() {
     assert_eq!(&a.read_member("small.json").await.unwrap()[..], b"2");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_toc_keeps_only_blob_entries_last_of_a_name() {
+    // After indexing only the entries blobs live in are kept, so a rootfs
+    // of many files costs no memory; the kept entry is still the last one.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Tar::new();
+    t.file("layer.tar", b"old")
+        .file("etc/a", b"x")
+        .file("index.json", b"{}")
+        .file("layer.tar", b"new!");
+    let mut a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    let a = Arc::get_mut(&mut a).unwrap();
+    a.toc.retain(&["layer.tar".to_string()].into());
+    assert_eq!(a.toc.entries().len(), 1);
+    assert_eq!(member_bytes(a, "layer.tar").await, b"new!");
+    assert!(a.toc.get("etc/a").is_none());
+    assert!(a.toc.captured("index.json").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexed_members_name_every_blob_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, layers, _) = simple_docker_archive();
+    let a = open(tmp.path(), "d.tar", &plain).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    let members = ix.members();
+    assert_eq!(members.len(), layers.len());
+    for m in &members {
+        assert!(a.member(m).is_ok(), "{m}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 2. Laziness
 

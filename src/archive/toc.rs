@@ -15,6 +15,11 @@ use crate::source::Source;
 const CAPTURE_MAX_FILE: u64 = 1024 * 1024;
 const CAPTURE_MAX_TOTAL: u64 = 64 * 1024 * 1024;
 
+/// Most entries an archive may have. Real images stay far below (a layer
+/// is one entry of a docker archive; a big rootfs has ~100k files); the
+/// bound keeps a hostile archive of tiny entries from exhausting memory.
+const MAX_ENTRIES: usize = 2_000_000;
+
 /// Size of each range read while walking headers: large enough that the
 /// small JSON files following a header usually come in the same read.
 const WINDOW: u64 = 64 * 1024;
@@ -77,6 +82,26 @@ impl Toc {
 
     pub(crate) fn capture(&mut self, name: String, data: Bytes) {
         self.captured.insert(name, data);
+    }
+
+    /// Keeps only the named entries and drops captured bytes: once the
+    /// images are known, serving needs just the entries blobs live in, and
+    /// a rootfs of a million files should not stay in memory (or in the
+    /// saved index) for that.
+    pub fn retain(&mut self, keep: &std::collections::HashSet<String>) {
+        self.captured = HashMap::new();
+        let entries = std::mem::take(&mut self.entries);
+        self.by_name.clear();
+        for e in entries {
+            if !keep.contains(&e.name) {
+                continue;
+            }
+            // The entry extraction would leave is the last one of a name.
+            match self.by_name.get(&e.name) {
+                Some(&i) => self.entries[i] = e,
+                None => self.push(e),
+            }
+        }
     }
 
     pub fn entries(&self) -> &[Entry] {
@@ -330,6 +355,11 @@ pub(crate) fn walk<R: Read>(
                     head = Some(h);
                 }
             }
+        }
+        if toc.entries.len() >= MAX_ENTRIES {
+            return Err(ArchiveError::Hostile(format!(
+                "more than {MAX_ENTRIES} entries"
+            )));
         }
         if !name.is_empty() {
             toc.push(Entry {

@@ -326,7 +326,7 @@ impl Binding {
                     .as_ref()
                     .filter(|c| c.disk().is_some())
                     .map(|c| Arc::new(CacheSpill(c.clone())) as Arc<dyn Spill>);
-                let archive = self
+                let mut archive = self
                     .location
                     .open_spilling(spill)
                     .await
@@ -334,6 +334,9 @@ impl Binding {
                 let indexed = archive::index(&archive, &self.spec.config)
                     .await
                     .map_err(|e| e.to_string())?;
+                if let Some(a) = Arc::get_mut(&mut archive) {
+                    a.toc.retain(&indexed.members());
+                }
                 self.save(&archive, &indexed);
                 (archive, indexed)
             }
