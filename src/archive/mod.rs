@@ -31,6 +31,10 @@ pub use toc::{Entry, EntryKind, Meta, Spill, SpillFile, Toc};
 use crate::image::{Digest, Hasher};
 use crate::source::{ByteStream, FileSource, Source, SourceError, Stat};
 
+/// The lazy header walk may read at least this much (or a quarter of the
+/// archive) before a streaming pass is cheaper.
+const WALK_BUDGET_MIN: u64 = 4 * 1024 * 1024;
+
 /// Largest member read whole into memory (manifests, configs, metadata).
 /// Anything bigger is not a JSON document any real tool writes.
 pub const MAX_DOC: u64 = 16 * 1024 * 1024;
@@ -215,20 +219,38 @@ impl Archive {
         let rt = tokio::runtime::Handle::current();
         let src = source.clone();
         let pin = stat.clone();
-        let (toc, fetched) = tokio::task::spawn_blocking(move || {
+        // Headers packed densely (a rootfs of small files) make the lazy
+        // walk read most of the file, and such an archive needs a full
+        // read for its digest anyway: past this budget, one streaming pass
+        // does both.
+        let budget = (stat.size / 4).max(WALK_BUDGET_MIN);
+        let walked = tokio::task::spawn_blocking(move || {
             let size = pin.size;
-            let mut reader = toc::RangeReader::new(src, rt, pin);
+            let mut reader = toc::RangeReader::new(src, rt, pin, budget);
             let toc = {
                 let mut ar = tar::Archive::new(&mut reader);
-                let entries = ar
-                    .entries_with_seek()
-                    .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
-                toc::walk(entries, Some(size), false, None)?
+                ar.entries_with_seek()
+                    .map_err(|e| ArchiveError::Corrupt(e.to_string()))
+                    .and_then(|entries| toc::walk(entries, Some(size), false, None))
             };
-            Ok::<_, ArchiveError>((toc, reader.fetched))
+            (toc, reader.fetched, reader.exhausted)
         })
         .await
-        .map_err(|e| ArchiveError::Corrupt(e.to_string()))??;
+        .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+        let (toc, fetched) = match walked {
+            (Ok(toc), fetched, _) => (toc, fetched),
+            (Err(_), fetched, true) => {
+                tracing::info!(
+                    source = source.url(),
+                    read = fetched,
+                    "dense headers (a rootfs?): indexing with one streaming pass"
+                );
+                let mut a = Self::open_streamed(source, stat, true, spill).await?;
+                a.fetched += fetched;
+                return Ok(a);
+            }
+            (Err(e), _, false) => return Err(e),
+        };
         Ok(Archive {
             container: Container::Tar(source),
             toc,
@@ -448,7 +470,13 @@ impl Archive {
             )));
         }
         match &self.container {
-            Container::Tar(s) => Ok(s
+            // A plain tar, also when it was indexed in one pass: ranges.
+            Container::Tar(s)
+            | Container::Streamed {
+                source: s,
+                compression: None,
+                ranged: true,
+            } => Ok(s
                 .stream(e.offset + start, Some(len), Some(&self.stat))
                 .await?),
             Container::Dir(root) => {

@@ -424,6 +424,46 @@ async fn plain_tar_toc_reads_headers_not_data() {
     assert_eq!(member_bytes(&a, "manifest.json").await, b"[]");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dense_headers_switch_to_one_streaming_pass() {
+    // A rootfs of many small files: walking its headers would read nearly
+    // the whole file, and its digest needs a full read anyway. Past the
+    // walk's budget one streaming pass does both, so the file is read
+    // about once, not twice.
+    let tmp = tempfile::tempdir().unwrap();
+    let body = vec![b'x'; 1500];
+    let mut t = Tar::new();
+    for i in 0..4000 {
+        t.file(&format!("usr/share/f{i}"), &body);
+    }
+    let bytes = t.finish();
+    let a = open(tmp.path(), "rootfs.tar", &bytes).await.unwrap();
+    assert!(
+        matches!(
+            a.container,
+            super::Container::Streamed {
+                compression: None,
+                ranged: true,
+                ..
+            }
+        ),
+        "{:?}",
+        a.container
+    );
+    let size = bytes.len() as u64;
+    // The walk's budget (a quarter of the file, at least 4 MiB), then one
+    // full pass; a lazy walk and a hash would be twice the file.
+    let bound = size + (size / 4).max(4 << 20) + 64 * 1024;
+    assert!(a.fetched <= bound, "read {} of {size}", a.fetched);
+    assert!(a.fetched >= size);
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.format, Some(Format::Rootfs));
+    let (ld, lsize) = ix.images[0].layers[0];
+    assert_eq!((ld, lsize), (Digest::of(&bytes), size));
+    assert_eq!(blob_bytes(&a, &ix, &ld).await, bytes);
+    assert_eq!(member_bytes(&a, "usr/share/f3999").await, body);
+}
+
 // ---------------------------------------------------------------------------
 // 3. Hostile and broken inputs
 

@@ -389,6 +389,9 @@ pub(crate) struct RangeReader {
     window_start: u64,
     /// Bytes fetched from the source, for `inspect` and tests.
     pub fetched: u64,
+    /// Most bytes to fetch; past it reads fail and `exhausted` is set.
+    budget: u64,
+    pub exhausted: bool,
 }
 
 impl RangeReader {
@@ -396,6 +399,7 @@ impl RangeReader {
         source: Arc<dyn Source>,
         rt: tokio::runtime::Handle,
         pin: crate::source::Stat,
+        budget: u64,
     ) -> RangeReader {
         RangeReader {
             source,
@@ -406,6 +410,8 @@ impl RangeReader {
             window: Bytes::new(),
             window_start: 0,
             fetched: 0,
+            budget,
+            exhausted: false,
         }
     }
 }
@@ -419,6 +425,10 @@ impl Read for RangeReader {
             && self.pos < self.window_start + self.window.len() as u64;
         if !in_window {
             let len = WINDOW.max(buf.len() as u64).min(self.size - self.pos);
+            if self.fetched + len > self.budget {
+                self.exhausted = true;
+                return Err(io::Error::other("header walk read budget exhausted"));
+            }
             let source = self.source.clone();
             let pos = self.pos;
             let pin = &self.pin;
