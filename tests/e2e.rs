@@ -646,6 +646,62 @@ fn hostile_images_do_not_break_good_ones() {
 // containerd (the kubelet's path): HEAD manifests by tag, then GET by digest
 // ------------------------------------------------------------------------------------------
 
+/// containerd as a Kubernetes node uses cartorio: `deploy/containerd/hosts.toml`
+/// with cartorio's address makes a pull of `docker.io/fixture/app:v1` go to
+/// cartorio (there is no other network here, so a fall back to Docker Hub
+/// would fail), and the unpacked files are the image's.
+#[test]
+fn containerd_mirror() {
+    e2e!();
+    let ctd = match Containerd::start() {
+        Ok(c) => c,
+        Err(why) => {
+            note(&format!(
+                "SKIPPED containerd_mirror: containerd cannot run here: {why}"
+            ));
+            return;
+        }
+    };
+    let s = Server::serve(&[fixture("docker-archive.tar").to_str().unwrap()]);
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/containerd/hosts.toml"),
+    )
+    .unwrap();
+    assert!(example.contains("http://127.0.0.1:5000"));
+    let hosts = ctd.dir.path().join("certs.d");
+    std::fs::create_dir_all(hosts.join("docker.io")).unwrap();
+    std::fs::write(
+        hosts.join("docker.io/hosts.toml"),
+        example.replace("127.0.0.1:5000", &s.addr),
+    )
+    .unwrap();
+    let image = "docker.io/fixture/app:v1";
+    ctd.ctr_ok(&[
+        "images",
+        "pull",
+        "--hosts-dir",
+        hosts.to_str().unwrap(),
+        "--snapshotter",
+        "native",
+        image,
+    ]);
+    let mnt = ctd.dir.path().join("mnt-mirror");
+    std::fs::create_dir_all(&mnt).unwrap();
+    ctd.ctr_ok(&[
+        "images",
+        "mount",
+        "--snapshotter",
+        "native",
+        image,
+        mnt.to_str().unwrap(),
+    ]);
+    let result = std::panic::catch_unwind(|| assert_same_tree(&mnt, &fixture("expected/app")));
+    ctd.ctr_ok(&["images", "unmount", mnt.to_str().unwrap()]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
 #[test]
 fn containerd_pulls() {
     e2e!();
