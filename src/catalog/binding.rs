@@ -134,6 +134,10 @@ impl std::fmt::Display for LoadError {
     }
 }
 
+/// The version recorded while the source cannot be asked; no source
+/// reports it.
+const UNAVAILABLE: &str = "\0unavailable";
+
 /// How long a checked version is trusted before the source is asked again,
 /// by default. Keeps a busy tag from costing a stat (a HEAD, remotely) per
 /// request while a replaced archive is still noticed within a second.
@@ -158,6 +162,8 @@ pub struct Binding {
     pub spec: ImageSpec,
     pub location: Location,
     snapshot: RwLock<Option<Arc<Snapshot>>>,
+    /// The last index that loaded, kept through outages of the source.
+    good: RwLock<Option<Arc<Loaded>>>,
     /// One revalidation or load at a time.
     loading: tokio::sync::Mutex<()>,
     revalidate: Duration,
@@ -176,6 +182,7 @@ impl Binding {
             spec,
             location,
             snapshot: RwLock::new(None),
+            good: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
             revalidate,
             cache,
@@ -188,6 +195,9 @@ impl Binding {
     }
 
     fn store(&self, s: Snapshot) {
+        if let (Ok(l), Ok(mut good)) = (&s.result, self.good.write()) {
+            *good = Some(l.clone());
+        }
         if let Ok(mut g) = self.snapshot.write() {
             *g = Some(Arc::new(s));
         }
@@ -217,11 +227,19 @@ impl Binding {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(image = %self.spec.name, "source unavailable: {e}");
-                return Err(LoadError {
+                let err = LoadError {
                     missing: matches!(e, ArchiveError::Source(SourceError::NotFound { .. })),
                     unavailable: true,
                     message: e.to_string(),
+                };
+                // Remembered like any answer, so a source that is down is
+                // asked once per `revalidate`, not once per request.
+                self.store(Snapshot {
+                    version: UNAVAILABLE.into(),
+                    checked: Instant::now(),
+                    result: Err(err.clone()),
                 });
+                return Err(err);
             }
         };
         let previous = self.snapshot.read().ok().and_then(|g| g.clone());
@@ -234,6 +252,17 @@ impl Binding {
                 result: p.result.clone(),
             });
             return p.result.clone();
+        }
+        // Back after an outage at the version served before.
+        if let Some(good) = self.last()
+            && good.version == version
+        {
+            self.store(Snapshot {
+                version,
+                checked: Instant::now(),
+                result: Ok(good.clone()),
+            });
+            return Ok(good);
         }
         let r = self
             .load(version.clone())
@@ -264,10 +293,11 @@ impl Binding {
         r
     }
 
-    /// The last good index, without checking the archive's version.
+    /// The last good index, without checking the archive's version: what
+    /// blobs are still served from (verified, or from the cache) while the
+    /// source is down.
     pub fn last(&self) -> Option<Arc<Loaded>> {
-        let s = self.snapshot.read().ok()?.clone()?;
-        s.result.as_ref().ok().cloned()
+        self.good.read().ok()?.clone()
     }
 
     /// The saved index of this archive at `version`, if there is one.
@@ -457,4 +487,125 @@ fn select_tags(spec: &ImageSpec, ix: &Indexed) -> Result<BTreeMap<Tag, Root>, St
         }
     }
     Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::ByteStream;
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// An object in memory whose server can be switched off; counts stats.
+    #[derive(Debug)]
+    struct Flaky {
+        data: Bytes,
+        down: AtomicBool,
+        stats: AtomicUsize,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), SourceError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(SourceError::io("mem://x", "connection refused"));
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Source for Flaky {
+        fn url(&self) -> &str {
+            "mem://x"
+        }
+        async fn stat(&self) -> Result<Stat, SourceError> {
+            self.stats.fetch_add(1, Ordering::SeqCst);
+            self.check()?;
+            Ok(Stat {
+                size: self.data.len() as u64,
+                version: "v1".into(),
+            })
+        }
+        async fn read_range(
+            &self,
+            offset: u64,
+            len: u64,
+            _: Option<&Stat>,
+        ) -> Result<Bytes, SourceError> {
+            self.check()?;
+            let start = (offset as usize).min(self.data.len());
+            let end = (offset.saturating_add(len) as usize).min(self.data.len());
+            Ok(self.data.slice(start..end))
+        }
+        async fn stream(
+            &self,
+            offset: u64,
+            len: Option<u64>,
+            pin: Option<&Stat>,
+        ) -> Result<ByteStream, SourceError> {
+            let len = len.unwrap_or(self.data.len() as u64 - offset);
+            let b = self.read_range(offset, len, pin).await?;
+            Ok(Box::pin(futures_util::stream::once(async move { Ok(b) })))
+        }
+    }
+
+    fn rootfs_tar() -> Bytes {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "etc/hello", &b"hello"[..]).unwrap();
+        Bytes::from(b.into_inner().unwrap())
+    }
+
+    fn binding(src: Arc<Flaky>) -> Binding {
+        let spec = ImageSpec {
+            name: "app".parse().unwrap(),
+            source: "mem://x".into(),
+            tags: Some(vec!["v1".parse().unwrap()]),
+            select: None,
+            only_name: None,
+            config: Default::default(),
+            options: Default::default(),
+            origin: "test".into(),
+        };
+        Binding::new(spec, Location::Tar(src), Duration::from_secs(60), None)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_source_that_is_down_is_asked_once_per_revalidation() {
+        let src = Arc::new(Flaky {
+            data: rootfs_tar(),
+            down: AtomicBool::new(true),
+            stats: AtomicUsize::new(0),
+        });
+        let b = binding(src.clone());
+        for _ in 0..5 {
+            let e = b.current().await.unwrap_err();
+            assert!(e.unavailable && !e.missing, "{e}");
+        }
+        assert_eq!(src.stats.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_good_index_outlives_an_outage() {
+        let src = Arc::new(Flaky {
+            data: rootfs_tar(),
+            down: AtomicBool::new(false),
+            stats: AtomicUsize::new(0),
+        });
+        let b = binding(src.clone());
+        let first = b.current().await.unwrap();
+        assert!(first.tags.contains_key(&"v1".parse::<Tag>().unwrap()));
+        src.down.store(true, Ordering::SeqCst);
+        // Past the revalidation window, the source is asked and fails.
+        let e = b.checked_within(Duration::ZERO).await.unwrap_err();
+        assert!(e.unavailable);
+        assert!(Arc::ptr_eq(&b.last().unwrap(), &first));
+        // Back at the same version: the same index, not a re-index.
+        src.down.store(false, Ordering::SeqCst);
+        let again = b.checked_within(Duration::ZERO).await.unwrap();
+        assert!(Arc::ptr_eq(&again, &first));
+    }
 }
