@@ -5,5 +5,6 @@ pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod image;
+pub mod metrics;
 pub mod registry;
 pub mod source;

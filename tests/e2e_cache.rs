@@ -663,3 +663,52 @@ fn short_cached_file_is_fetched_again() {
     pull_checked(&server, "fixture/app:v1");
     assert_cached(&cache, &layers[0]);
 }
+
+/// The value of an unlabelled counter in `/metrics`, or of a labelled
+/// sample when `name` includes its labels.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// Operators see the cache work in `/metrics`: a cold pull fills, a warm one
+/// hits the disk tier and reads nothing more from the source.
+#[test]
+fn metrics_count_fills_hits_and_requests() {
+    e2e!();
+    let tmp = tempdir();
+    let archive = copy_fixture("docker-archive.tar", tmp.path());
+    let cache = tmp.path().join("cache");
+    let server = Server::serve(&["--cache-dir", s(&cache), "--cache-memory", "0", s(&archive)]);
+    let health = curl_get(&server.url("/healthz"), &[]);
+    assert_eq!((health.status, &health.body[..]), (200, &b"ok\n"[..]));
+    let layers = pull_checked(&server, "fixture/app:v1");
+    let cold = String::from_utf8(curl_get(&server.url("/metrics"), &[]).body).unwrap();
+    assert_eq!(
+        metric(&cold, "cartorio_cache_fills_total"),
+        layers.len() as u64
+    );
+    let upstream = metric(&cold, "cartorio_upstream_blob_bytes_total");
+    assert!(upstream > 0);
+    assert!(
+        metric(
+            &cold,
+            "cartorio_http_requests_total{route=\"blob\",code=\"2xx\"}"
+        ) >= layers.len() as u64
+    );
+    assert_eq!(metric(&cold, "cartorio_index_loads_total"), 1);
+    assert!(metric(&cold, "cartorio_cache_disk_bytes") > 0);
+
+    pull_checked(&server, "fixture/app:v1");
+    let warm = String::from_utf8(curl_get(&server.url("/metrics"), &[]).body).unwrap();
+    assert_eq!(
+        metric(&warm, "cartorio_cache_fills_total"),
+        layers.len() as u64
+    );
+    assert!(metric(&warm, "cartorio_cache_disk_hits_total") >= layers.len() as u64);
+    assert_eq!(
+        metric(&warm, "cartorio_upstream_blob_bytes_total"),
+        upstream
+    );
+}

@@ -24,6 +24,7 @@ pub use index::IndexStore;
 pub use verify::Verified;
 
 use crate::image::{Digest, Hasher};
+use crate::metrics::{METRICS, inc};
 use crate::source::ByteStream;
 
 /// Chunk size for reading cached files.
@@ -119,6 +120,7 @@ impl BlobCache {
         fetch: Fetch,
     ) -> io::Result<ByteStream> {
         if let Some(b) = self.memory.get(&digest).await {
+            inc(&METRICS.cache_memory_hits);
             return Ok(once(b.slice(start as usize..=end as usize)));
         }
         let Some(disk) = &self.disk else {
@@ -133,6 +135,7 @@ impl BlobCache {
             )));
         };
         if disk.contains(&digest) {
+            inc(&METRICS.cache_disk_hits);
             match std::fs::File::open(disk.path(&digest)) {
                 Ok(f) if f.metadata().is_ok_and(|m| m.len() == size) => {
                     if size <= self.memory_max_blob
@@ -209,6 +212,7 @@ impl BlobCache {
             .lock()
             .map_err(|_| io::Error::other("cache lock poisoned"))?;
         if let Some(f) = flights.get(&digest) {
+            inc(&METRICS.cache_fill_joins);
             return Ok(Some(f.clone()));
         }
         let tmp = disk.temp_path(&digest);
@@ -219,6 +223,7 @@ impl BlobCache {
                 return Ok(None);
             }
         };
+        inc(&METRICS.cache_fills);
         let (tx, rx) = watch::channel(Progress::Writing(0));
         let flight = Arc::new(Flight {
             tmp: tmp.clone(),
@@ -263,6 +268,7 @@ impl BlobCache {
             Err(e) => {
                 discard();
                 tracing::warn!(source = label, %digest, "upstream read failed: {e}");
+                inc(&METRICS.cache_fill_upstream_errors);
                 return Progress::Failed(e.to_string().into());
             }
         };
@@ -278,10 +284,14 @@ impl BlobCache {
                 Err(e) => {
                     discard();
                     tracing::warn!(source = label, %digest, written, "upstream read failed: {e}");
+                    inc(&METRICS.cache_fill_upstream_errors);
                     return Progress::Failed(e.to_string().into());
                 }
             };
             written += chunk.len() as u64;
+            METRICS
+                .upstream_blob_bytes
+                .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             if written > size {
                 break;
             }
@@ -297,6 +307,7 @@ impl BlobCache {
             if let Err(e) = wrote {
                 discard();
                 tracing::warn!(%digest, "disk cache write failed, serving from the source: {e}");
+                inc(&METRICS.cache_write_errors);
                 return Progress::CacheFailed;
             }
             let _ = tx.send(Progress::Writing(written));
@@ -304,6 +315,7 @@ impl BlobCache {
         drop(out);
         let actual = hasher.finish();
         if written != size || actual != digest {
+            inc(&METRICS.cache_fill_digest_mismatches);
             discard();
             tracing::error!(
                 source = label,

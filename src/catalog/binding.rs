@@ -12,6 +12,7 @@ use crate::archive::{
 use crate::cache::{BlobCache, CacheSpill, IndexStore};
 use crate::config::ImageSpec;
 use crate::image::{Digest, Tag};
+use crate::metrics::{METRICS, inc};
 use crate::source::{Source, SourceError, SourceOptions, Sources, Stat};
 
 /// Where an archive is: a tar behind a source, or a local directory.
@@ -282,6 +283,7 @@ impl Binding {
                 "indexed"
             ),
             Err(e) => {
+                inc(&METRICS.index_failures);
                 tracing::error!(image = %self.spec.name, source = self.spec.source, "cannot serve: {e}")
             }
         }
@@ -349,7 +351,10 @@ impl Binding {
 
     async fn load(&self, version: String) -> Result<Arc<Loaded>, String> {
         let (archive, indexed) = match self.restore(&version) {
-            Some(r) => r,
+            Some(r) => {
+                inc(&METRICS.index_restores);
+                r
+            }
             None => {
                 let spill = self
                     .cache
@@ -364,6 +369,7 @@ impl Binding {
                 let indexed = archive::index(&archive, &self.spec.config)
                     .await
                     .map_err(|e| e.to_string())?;
+                inc(&METRICS.index_loads);
                 if let Some(a) = Arc::get_mut(&mut archive) {
                     a.toc.retain(&indexed.members());
                 }

@@ -74,6 +74,11 @@ pub trait Images: Send + Sync + 'static {
     /// Every repository, sorted.
     async fn repositories(&self) -> Vec<RepoName>;
 
+    /// Bytes held by the disk cache, for `/metrics`; None without one.
+    fn disk_cache_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Descriptors (OCI descriptor JSON objects) of the manifests in `repo`
     /// whose `subject` is `digest`.
     async fn referrers(
@@ -476,6 +481,10 @@ impl Images for Catalog {
             return Err(CatalogError::NameUnknown(repo.clone()));
         }
         Ok(tags.into_iter().collect())
+    }
+
+    fn disk_cache_bytes(&self) -> Option<u64> {
+        self.cache.disk().map(|d| d.used())
     }
 
     async fn repositories(&self) -> Vec<RepoName> {

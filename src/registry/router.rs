@@ -19,6 +19,7 @@ pub async fn handle(images: &dyn Images, req: Request<impl Body>) -> Response<Re
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
+    crate::metrics::METRICS.request(route_kind(parts.uri.path()), resp.status().as_u16());
     if parts.method == Method::HEAD {
         // Keep the headers (Content-Length included), drop any body.
         *resp.body_mut() = body::empty();
@@ -37,6 +38,22 @@ pub async fn handle(images: &dyn Images, req: Request<impl Body>) -> Response<Re
     resp
 }
 
+/// The label a request is counted under.
+fn route_kind(path: &str) -> &'static str {
+    if path == "/metrics" || path == "/healthz" {
+        return "metrics";
+    }
+    match Route::parse(path) {
+        Route::Base => "base",
+        Route::Catalog => "catalog",
+        Route::Manifest { .. } => "manifest",
+        Route::Blob { .. } => "blob",
+        Route::Tags { .. } => "tags",
+        Route::Referrers { .. } => "referrers",
+        _ => "other",
+    }
+}
+
 async fn route(
     images: &dyn Images,
     req: &http::request::Parts,
@@ -47,6 +64,15 @@ async fn route(
         return Err(RegistryError::unsupported(&req.method));
     }
     let path = req.uri.path();
+    // Operations endpoints, outside the registry API.
+    match path {
+        "/metrics" => {
+            let text = crate::metrics::METRICS.render(images.disk_cache_bytes());
+            return Ok(routes::text("text/plain; version=0.0.4", text));
+        }
+        "/healthz" => return Ok(routes::text("text/plain", "ok\n".to_string())),
+        _ => {}
+    }
     let route = Route::parse(path);
     // Validate the name before anything reaches the catalog.
     let name = route.name().map(routes::repo_name).transpose()?;

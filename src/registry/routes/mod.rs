@@ -160,6 +160,16 @@ pub fn json(value: &serde_json::Value) -> Response<ResponseBody> {
     resp
 }
 
+/// A plain-text response (metrics, health) with an exact `Content-Length`.
+pub fn text(content_type: &'static str, text: String) -> Response<ResponseBody> {
+    let len = text.len();
+    let mut resp = Response::new(body::full(text));
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::Route::*;

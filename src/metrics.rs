@@ -1,0 +1,207 @@
+//! Counters for operators, exposed in the Prometheus text format at
+//! `GET /metrics`. Plain atomics in one static: recording is a relaxed
+//! add on the hot path, with no registry, lock or allocation.
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Route kinds, as labels.
+pub const ROUTES: [&str; 8] = [
+    "base",
+    "manifest",
+    "blob",
+    "tags",
+    "catalog",
+    "referrers",
+    "metrics",
+    "other",
+];
+/// Status classes, as labels.
+const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+const fn zeros<const N: usize>() -> [AtomicU64; N] {
+    [const { AtomicU64::new(0) }; N]
+}
+
+/// Every counter cartorio keeps.
+pub struct Metrics {
+    requests: [AtomicU64; ROUTES.len() * CLASSES.len()],
+    pub cache_memory_hits: AtomicU64,
+    pub cache_disk_hits: AtomicU64,
+    /// A cold blob: one fill started.
+    pub cache_fills: AtomicU64,
+    /// Requests that joined a fill already under way.
+    pub cache_fill_joins: AtomicU64,
+    pub cache_fill_digest_mismatches: AtomicU64,
+    pub cache_fill_upstream_errors: AtomicU64,
+    pub cache_write_errors: AtomicU64,
+    /// Blob bytes read from sources by cache fills.
+    pub upstream_blob_bytes: AtomicU64,
+    pub index_loads: AtomicU64,
+    pub index_restores: AtomicU64,
+    pub index_failures: AtomicU64,
+}
+
+/// The process's counters.
+pub static METRICS: Metrics = Metrics {
+    requests: zeros(),
+    cache_memory_hits: AtomicU64::new(0),
+    cache_disk_hits: AtomicU64::new(0),
+    cache_fills: AtomicU64::new(0),
+    cache_fill_joins: AtomicU64::new(0),
+    cache_fill_digest_mismatches: AtomicU64::new(0),
+    cache_fill_upstream_errors: AtomicU64::new(0),
+    cache_write_errors: AtomicU64::new(0),
+    upstream_blob_bytes: AtomicU64::new(0),
+    index_loads: AtomicU64::new(0),
+    index_restores: AtomicU64::new(0),
+    index_failures: AtomicU64::new(0),
+};
+
+/// Adds one.
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+impl Metrics {
+    /// Counts a request by route kind (an entry of [`ROUTES`]) and status.
+    pub fn request(&self, route: &str, status: u16) {
+        let r = ROUTES
+            .iter()
+            .position(|x| *x == route)
+            .unwrap_or(ROUTES.len() - 1);
+        let c = match status {
+            200..=299 => 0,
+            300..=399 => 1,
+            400..=499 => 2,
+            _ => 3,
+        };
+        self.requests[r * CLASSES.len() + c].fetch_add(1, Relaxed);
+    }
+
+    /// The Prometheus text exposition; `disk_bytes` is the disk cache's
+    /// current size, when there is one.
+    pub fn render(&self, disk_bytes: Option<u64>) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP cartorio_http_requests_total Requests answered, by route and status class.\n",
+        );
+        out.push_str("# TYPE cartorio_http_requests_total counter\n");
+        for (ri, r) in ROUTES.iter().enumerate() {
+            for (ci, c) in CLASSES.iter().enumerate() {
+                let v = self.requests[ri * CLASSES.len() + ci].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "cartorio_http_requests_total{{route=\"{r}\",code=\"{c}\"}} {v}"
+                );
+            }
+        }
+        let counters: [(&str, &str, &AtomicU64); 11] = [
+            (
+                "cartorio_cache_memory_hits_total",
+                "Blob reads served from the memory tier.",
+                &self.cache_memory_hits,
+            ),
+            (
+                "cartorio_cache_disk_hits_total",
+                "Blob reads served from the disk tier.",
+                &self.cache_disk_hits,
+            ),
+            (
+                "cartorio_cache_fills_total",
+                "Cold blobs read from their source into the cache.",
+                &self.cache_fills,
+            ),
+            (
+                "cartorio_cache_fill_joins_total",
+                "Blob reads that followed a fill already under way.",
+                &self.cache_fill_joins,
+            ),
+            (
+                "cartorio_cache_fill_digest_mismatches_total",
+                "Fills whose bytes did not match their digest.",
+                &self.cache_fill_digest_mismatches,
+            ),
+            (
+                "cartorio_cache_fill_upstream_errors_total",
+                "Fills cut by a source error.",
+                &self.cache_fill_upstream_errors,
+            ),
+            (
+                "cartorio_cache_write_errors_total",
+                "Fills the cache could not write (served from the source).",
+                &self.cache_write_errors,
+            ),
+            (
+                "cartorio_upstream_blob_bytes_total",
+                "Blob bytes read from sources into the cache.",
+                &self.upstream_blob_bytes,
+            ),
+            (
+                "cartorio_index_loads_total",
+                "Archives indexed by reading them.",
+                &self.index_loads,
+            ),
+            (
+                "cartorio_index_restores_total",
+                "Archive indexes restored from the cache.",
+                &self.index_restores,
+            ),
+            (
+                "cartorio_index_failures_total",
+                "Archives that could not be indexed.",
+                &self.index_failures,
+            ),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.load(Relaxed)
+            );
+        }
+        if let Some(b) = disk_bytes {
+            out.push_str("# HELP cartorio_cache_disk_bytes Bytes stored in the disk cache.\n");
+            out.push_str("# TYPE cartorio_cache_disk_bytes gauge\n");
+            let _ = writeln!(out, "cartorio_cache_disk_bytes {b}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_by_route_and_class() {
+        let m = Metrics {
+            requests: zeros(),
+            cache_memory_hits: AtomicU64::new(0),
+            cache_disk_hits: AtomicU64::new(3),
+            cache_fills: AtomicU64::new(0),
+            cache_fill_joins: AtomicU64::new(0),
+            cache_fill_digest_mismatches: AtomicU64::new(0),
+            cache_fill_upstream_errors: AtomicU64::new(0),
+            cache_write_errors: AtomicU64::new(0),
+            upstream_blob_bytes: AtomicU64::new(0),
+            index_loads: AtomicU64::new(0),
+            index_restores: AtomicU64::new(0),
+            index_failures: AtomicU64::new(0),
+        };
+        m.request("blob", 200);
+        m.request("blob", 206);
+        m.request("manifest", 404);
+        m.request("nonsense", 503);
+        let text = m.render(Some(42));
+        assert!(text.contains("cartorio_http_requests_total{route=\"blob\",code=\"2xx\"} 2\n"));
+        assert!(text.contains("cartorio_http_requests_total{route=\"manifest\",code=\"4xx\"} 1\n"));
+        assert!(text.contains("cartorio_http_requests_total{route=\"other\",code=\"5xx\"} 1\n"));
+        assert!(text.contains("cartorio_cache_disk_hits_total 3\n"));
+        assert!(text.contains("cartorio_cache_disk_bytes 42\n"));
+        // Every sample line is NAME{labels} VALUE or NAME VALUE.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = l.rsplit_once(' ').unwrap();
+            assert!(v.parse::<u64>().is_ok(), "{l}");
+        }
+    }
+}
