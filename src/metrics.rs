@@ -42,27 +42,38 @@ pub struct Metrics {
 }
 
 /// The process's counters.
-pub static METRICS: Metrics = Metrics {
-    requests: zeros(),
-    cache_memory_hits: AtomicU64::new(0),
-    cache_disk_hits: AtomicU64::new(0),
-    cache_fills: AtomicU64::new(0),
-    cache_fill_joins: AtomicU64::new(0),
-    cache_fill_digest_mismatches: AtomicU64::new(0),
-    cache_fill_upstream_errors: AtomicU64::new(0),
-    cache_write_errors: AtomicU64::new(0),
-    upstream_blob_bytes: AtomicU64::new(0),
-    index_loads: AtomicU64::new(0),
-    index_restores: AtomicU64::new(0),
-    index_failures: AtomicU64::new(0),
-};
+pub static METRICS: Metrics = Metrics::new();
 
 /// Adds one.
 pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Relaxed);
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
+    /// All counters at zero.
+    pub const fn new() -> Metrics {
+        Metrics {
+            requests: zeros(),
+            cache_memory_hits: AtomicU64::new(0),
+            cache_disk_hits: AtomicU64::new(0),
+            cache_fills: AtomicU64::new(0),
+            cache_fill_joins: AtomicU64::new(0),
+            cache_fill_digest_mismatches: AtomicU64::new(0),
+            cache_fill_upstream_errors: AtomicU64::new(0),
+            cache_write_errors: AtomicU64::new(0),
+            upstream_blob_bytes: AtomicU64::new(0),
+            index_loads: AtomicU64::new(0),
+            index_restores: AtomicU64::new(0),
+            index_failures: AtomicU64::new(0),
+        }
+    }
+
     /// Counts a request by route kind (an entry of [`ROUTES`]) and status.
     pub fn request(&self, route: &str, status: u16) {
         let r = ROUTES
@@ -174,20 +185,8 @@ mod tests {
 
     #[test]
     fn renders_counts_by_route_and_class() {
-        let m = Metrics {
-            requests: zeros(),
-            cache_memory_hits: AtomicU64::new(0),
-            cache_disk_hits: AtomicU64::new(3),
-            cache_fills: AtomicU64::new(0),
-            cache_fill_joins: AtomicU64::new(0),
-            cache_fill_digest_mismatches: AtomicU64::new(0),
-            cache_fill_upstream_errors: AtomicU64::new(0),
-            cache_write_errors: AtomicU64::new(0),
-            upstream_blob_bytes: AtomicU64::new(0),
-            index_loads: AtomicU64::new(0),
-            index_restores: AtomicU64::new(0),
-            index_failures: AtomicU64::new(0),
-        };
+        let m = Metrics::new();
+        m.cache_disk_hits.store(3, Relaxed);
         m.request("blob", 200);
         m.request("blob", 206);
         m.request("manifest", 404);
