@@ -149,18 +149,10 @@ pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
 /// A JSON response with an exact `Content-Length`.
 pub fn json(value: &serde_json::Value) -> Response<ResponseBody> {
-    let text = value.to_string();
-    let mut resp = Response::new(body::full(text.clone()));
-    let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
-    resp
+    text("application/json", value.to_string())
 }
 
-/// A plain-text response (metrics, health) with an exact `Content-Length`.
+/// A text response (JSON, metrics, health) with an exact `Content-Length`.
 pub fn text(content_type: &'static str, text: String) -> Response<ResponseBody> {
     let len = text.len();
     let mut resp = Response::new(body::full(text));
