@@ -56,7 +56,39 @@ enum Progress {
 
 struct Flight {
     tmp: PathBuf,
+    /// The size the flight verifies against: a reader that expects another
+    /// size is refused rather than served a prefix or a short file.
+    size: u64,
     progress: watch::Receiver<Progress>,
+}
+
+/// A descriptor whose size disagrees with the verified bytes of its digest.
+/// One digest has one size across the catalog: the archive whose descriptor
+/// disagrees gets the error, and the good cached copy is kept.
+fn size_conflict(digest: &Digest, stored: u64, asked: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("blob {digest} is {stored} bytes but the archive's descriptor says {asked}"),
+    )
+}
+
+/// Whether the file at `path` hashes to `digest` (blocking: call it on a
+/// blocking thread).
+fn file_matches(path: &Path, digest: &Digest) -> bool {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; CHUNK as usize];
+    loop {
+        match io::Read::read(&mut f, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(buf.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    hasher.finish() == *digest
 }
 
 /// Memory and disk tiers and the flights filling them.
@@ -119,7 +151,18 @@ impl BlobCache {
         label: String,
         fetch: Fetch,
     ) -> io::Result<ByteStream> {
+        if start > end || end >= size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("range {start}-{end} outside blob {digest} of {size} bytes"),
+            ));
+        }
         if let Some(b) = self.memory.get(&digest).await {
+            // The memory tier holds verified bytes keyed by digest alone:
+            // their length is the blob's size, whatever this descriptor says.
+            if b.len() as u64 != size {
+                return Err(size_conflict(&digest, b.len() as u64, size));
+            }
             inc(&METRICS.cache_memory_hits);
             return Ok(once(b.slice(start as usize..=end as usize)));
         }
@@ -148,8 +191,23 @@ impl BlobCache {
                     }
                     return Ok(file_range(Arc::new(f), start, end));
                 }
-                // Vanished, unreadable or not the blob's length: fetch it again.
-                _ => disk.forget(&digest),
+                Ok(f) => {
+                    // Not the descriptor's length: either the descriptor is
+                    // wrong (the file is the verified blob) or the file is.
+                    let stored = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    drop(f);
+                    let path = disk.path(&digest);
+                    let good = tokio::task::spawn_blocking(move || file_matches(&path, &digest))
+                        .await
+                        .unwrap_or(false);
+                    if good {
+                        return Err(size_conflict(&digest, stored, size));
+                    }
+                    tracing::warn!(%digest, "cached blob does not match its digest; evicted");
+                    disk.forget(&digest);
+                }
+                // Vanished or unreadable: fetch it again.
+                Err(_) => disk.forget(&digest),
             }
         }
         let flight = self.flight(digest, size, label.clone(), fetch.clone())?;
@@ -212,6 +270,9 @@ impl BlobCache {
             .lock()
             .map_err(|_| io::Error::other("cache lock poisoned"))?;
         if let Some(f) = flights.get(&digest) {
+            if f.size != size {
+                return Err(size_conflict(&digest, f.size, size));
+            }
             inc(&METRICS.cache_fill_joins);
             return Ok(Some(f.clone()));
         }
@@ -227,6 +288,7 @@ impl BlobCache {
         let (tx, rx) = watch::channel(Progress::Writing(0));
         let flight = Arc::new(Flight {
             tmp: tmp.clone(),
+            size,
             progress: rx,
         });
         flights.insert(digest, flight.clone());
@@ -727,5 +789,107 @@ mod tests {
         let (bytes, ok) = drain(cache.read(d, 3000, 10, 19, "t".into(), f).await.unwrap()).await;
         assert!(ok && bytes == data[10..20]);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// One digest, one size: a second archive listing a cached digest with
+    /// another size gets an error from every tier, never a panic, a prefix
+    /// served as a complete blob, or the good file deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_descriptor_with_another_size_is_refused_by_every_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3000u32).map(|i| (i % 7) as u8).collect();
+        let d = Digest::of(&data);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fetcher(data.clone(), calls.clone(), false);
+        for memory in [1u64 << 20, 0] {
+            let cache = Arc::new(BlobCache::new(&CacheSettings {
+                dir: Some(dir.path().to_path_buf()),
+                disk: 1 << 20,
+                memory,
+            }));
+            let (bytes, ok) = drain(
+                cache
+                    .read(d, 3000, 0, 2999, "t".into(), f.clone())
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert!(ok && bytes == data);
+            for (size, end) in [(5000, 4999), (100, 99)] {
+                let e = match cache.read(d, size, 0, end, "t".into(), f.clone()).await {
+                    Err(e) => e,
+                    Ok(_) => panic!("size {size} served (memory {memory})"),
+                };
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+                assert!(e.to_string().contains("3000 bytes"), "{e}");
+            }
+            // The good file is kept and still served.
+            assert_eq!(
+                std::fs::read(dir.path().join("sha256").join(d.hex())).unwrap(),
+                data
+            );
+            let (bytes, ok) = drain(
+                cache
+                    .read(d, 3000, 5, 9, "t".into(), f.clone())
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert!(ok && bytes == data[5..10]);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A cached file that is not its blob's length (truncated on disk) and
+    /// does not hash to its digest is evicted and fetched again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncated_cached_file_is_refetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(BlobCache::new(&settings(dir.path())));
+        let data = vec![4u8; 9000];
+        let d = Digest::of(&data);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fetcher(data.clone(), calls.clone(), false);
+        let _ = drain(
+            cache
+                .read(d, 9000, 0, 8999, "t".into(), f.clone())
+                .await
+                .unwrap(),
+        )
+        .await;
+        let path = dir.path().join("sha256").join(d.hex());
+        std::fs::write(&path, &data[..100]).unwrap();
+        let (bytes, ok) = drain(cache.read(d, 9000, 0, 8999, "t".into(), f).await.unwrap()).await;
+        assert!(ok && bytes == data);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    /// A reader with another size does not join a flight in progress.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flight_is_joined_only_at_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(BlobCache::new(&settings(dir.path())));
+        let data = vec![5u8; 50_000];
+        let d = Digest::of(&data);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fetcher(data.clone(), calls.clone(), false);
+        let first = cache
+            .read(d, 50_000, 0, 49_999, "t".into(), f.clone())
+            .await
+            .unwrap();
+        match cache
+            .read(d, 40_000, 0, 39_999, "t".into(), f.clone())
+            .await
+        {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::InvalidData),
+            Ok(s) => {
+                // The flight may have ended already: then the disk tier refuses.
+                let (bytes, ok) = drain(s).await;
+                panic!("served {} bytes (complete: {ok})", bytes.len());
+            }
+        }
+        let (bytes, ok) = drain(first).await;
+        assert!(ok && bytes == data);
     }
 }

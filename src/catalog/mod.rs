@@ -438,7 +438,14 @@ impl Images for Catalog {
         self.cache
             .read(*digest, size, start, end, label.clone(), fetch)
             .await
-            .map_err(|e| CatalogError::Source(label, e.to_string()))
+            .map_err(|e| match e.kind() {
+                // The archive's descriptor disagrees with the blob's
+                // verified bytes: this archive is wrong, not its source.
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                    CatalogError::Broken(label, e.to_string())
+                }
+                _ => CatalogError::Source(label, e.to_string()),
+            })
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>, CatalogError> {
