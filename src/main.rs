@@ -11,6 +11,7 @@ use cartorio::cache::BlobCache;
 use cartorio::catalog::{Catalog, DEFAULT_REVALIDATE, Location};
 use cartorio::config::{CacheConfig, Config, DEFAULT_LISTEN, ImageSpec};
 use cartorio::image::{ImageConfig, RepoName, Tag};
+use cartorio::registry::Readiness;
 use cartorio::source::Sources;
 
 #[derive(Parser)]
@@ -93,7 +94,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Proxy { config, listen } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
-            let cache = open_cache(&cfg.cache, &cfg.base)
+            let (cache, ready) = open_cache(&cfg.cache, &cfg.base)
                 .map_err(|e| format!("{}: {e}", config.display()))?;
             let catalog = Catalog::new(
                 cfg.images,
@@ -104,7 +105,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                 cache,
             )
             .await?;
-            serve(catalog, &listen.unwrap_or(cfg.listen)).await
+            ready.set_loaded(true);
+            serve(catalog, ready, &listen.unwrap_or(cfg.listen)).await
         }
         Command::Serve {
             listen,
@@ -119,7 +121,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 memory: cache_memory,
             };
             let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
-            let cache = open_cache(&cache, &cwd)?;
+            let (cache, ready) = open_cache(&cache, &cwd)?;
             let mut specs = Vec::new();
             for a in &archives {
                 specs.extend(serve_specs(a).await?);
@@ -133,14 +135,19 @@ async fn run(cli: Cli) -> Result<(), String> {
                 cache,
             )
             .await?;
-            serve(catalog, &listen).await
+            ready.set_loaded(true);
+            serve(catalog, ready, &listen).await
         }
         Command::Inspect { path, json } => inspect(&path, json).await,
     }
 }
 
-/// Opens the blob cache and says where it is and how big it may grow.
-fn open_cache(c: &CacheConfig, base: &std::path::Path) -> Result<Arc<BlobCache>, String> {
+/// Opens the blob cache and says where it is and how big it may grow; the
+/// readiness handle probes the same folder.
+fn open_cache(
+    c: &CacheConfig,
+    base: &std::path::Path,
+) -> Result<(Arc<BlobCache>, Arc<Readiness>), String> {
     let settings = c.settings(base)?;
     let dir = settings
         .dir
@@ -155,10 +162,11 @@ fn open_cache(c: &CacheConfig, base: &std::path::Path) -> Result<Arc<BlobCache>,
         settings.disk >> 20,
         settings.memory >> 20
     );
-    Ok(Arc::new(BlobCache::new(&settings)))
+    let ready = Arc::new(Readiness::new(settings.dir.clone()));
+    Ok((Arc::new(BlobCache::new(&settings)), ready))
 }
 
-async fn serve(catalog: Catalog, listen: &str) -> Result<(), String> {
+async fn serve(catalog: Catalog, ready: Arc<Readiness>, listen: &str) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -167,7 +175,7 @@ async fn serve(catalog: Catalog, listen: &str) -> Result<(), String> {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "serving");
-    cartorio::registry::serve(listener, Arc::new(catalog), shutdown_signal())
+    cartorio::registry::serve(listener, Arc::new(catalog), ready, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
 }

@@ -2,7 +2,8 @@
 //!
 //! Read-only: GET and HEAD are served; every other method gets 405
 //! `UNSUPPORTED`. [`handle`] is the whole API as one function; [`serve`]
-//! puts it on a socket.
+//! puts it on a socket. `/healthz` (liveness) and `/readyz` (readiness,
+//! see [`Readiness`]) sit beside it for orchestrators.
 //!
 //! Choices the spec leaves open, made here:
 //! - A reference outside the tag and digest grammars is 404
@@ -21,11 +22,13 @@ mod error;
 mod pagination;
 mod query;
 mod range;
+mod ready;
 mod router;
 mod routes;
 mod server;
 
 pub use body::ResponseBody;
+pub use ready::{NotReady, Readiness};
 pub use router::handle;
 pub use server::{DRAIN_TIMEOUT, serve};
 

@@ -7,15 +7,21 @@ use hyper::body::Body;
 
 use super::body::{self, ResponseBody};
 use super::error::{RegistryError, clip};
+use super::ready::Readiness;
 use super::routes::{self, Route};
 use crate::catalog::Images;
 
 /// Answers one request. Never fails: every problem becomes an OCI error
 /// response. The request body is never read (no endpoint takes one).
-pub async fn handle(images: &dyn Images, req: Request<impl Body>) -> Response<ResponseBody> {
+/// `ready` answers `/readyz`.
+pub async fn handle(
+    images: &dyn Images,
+    ready: &Readiness,
+    req: Request<impl Body>,
+) -> Response<ResponseBody> {
     let started = Instant::now();
     let (parts, _body) = req.into_parts();
-    let mut resp = match route(images, &parts).await {
+    let mut resp = match route(images, ready, &parts).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
@@ -40,7 +46,7 @@ pub async fn handle(images: &dyn Images, req: Request<impl Body>) -> Response<Re
 
 /// The label a request is counted under.
 fn route_kind(path: &str) -> &'static str {
-    if path == "/metrics" || path == "/healthz" {
+    if path == "/metrics" || path == "/healthz" || path == "/readyz" {
         return "metrics";
     }
     match Route::parse(path) {
@@ -56,6 +62,7 @@ fn route_kind(path: &str) -> &'static str {
 
 async fn route(
     images: &dyn Images,
+    ready: &Readiness,
     req: &http::request::Parts,
 ) -> Result<Response<ResponseBody>, RegistryError> {
     // Read-only: no method but GET and HEAD does anything anywhere, so it
@@ -71,6 +78,7 @@ async fn route(
             return Ok(routes::text("text/plain; version=0.0.4", text));
         }
         "/healthz" => return Ok(routes::text("text/plain", "ok\n".to_string())),
+        "/readyz" => return Ok(routes::readyz(ready).await),
         _ => {}
     }
     let route = Route::parse(path);

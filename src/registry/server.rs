@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::ready::Readiness;
 use super::router::handle;
 use crate::catalog::Images;
 
@@ -21,7 +22,8 @@ use crate::catalog::Images;
 /// that a stuck client cannot hold a restart hostage.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the registry on `listener` until `shutdown` resolves; then stops
+/// Serves the registry on `listener` until `shutdown` resolves; then marks
+/// `ready` as stopping (so `/readyz` fails on kept-alive connections), stops
 /// accepting and lets in-flight requests finish (bounded by
 /// [`DRAIN_TIMEOUT`], after which the remaining connections are dropped).
 ///
@@ -31,6 +33,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     images: Arc<dyn Images>,
+    ready: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -59,12 +62,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let images = Arc::clone(&images);
+        let ready = Arc::clone(&ready);
         let builder = Arc::clone(&builder);
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
             let service = service_fn(move |req| {
                 let images = Arc::clone(&images);
-                async move { Ok::<_, Infallible>(handle(&*images, req).await) }
+                let ready = Arc::clone(&ready);
+                async move { Ok::<_, Infallible>(handle(&*images, &ready, req).await) }
             });
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -82,6 +87,7 @@ pub async fn serve(
             }
         });
     }
+    ready.set_stopping();
     drop(listener);
     tracing::info!(connections = connections.len(), "shutting down");
     let _ = stop_tx.send(true);

@@ -162,6 +162,20 @@ pub fn text(content_type: &'static str, text: String) -> Response<ResponseBody> 
     resp
 }
 
+/// `/readyz`: 200 `ready`, or 503 with the reason (for people reading
+/// `kubectl describe`; probes look only at the status).
+pub async fn readyz(ready: &super::ready::Readiness) -> Response<ResponseBody> {
+    match ready.check().await {
+        Ok(()) => text("text/plain", "ready\n".to_string()),
+        Err(why) => {
+            tracing::debug!("not ready: {why}");
+            let mut resp = text("text/plain", format!("not ready: {why}\n"));
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            resp
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Route::*;

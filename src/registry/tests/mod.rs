@@ -4,6 +4,7 @@ mod blobs;
 mod fake;
 mod listing;
 mod manifests;
+mod ready;
 mod routing;
 mod socket;
 
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 
-use super::handle;
+use super::{Readiness, handle};
 use fake::Fake;
 
 /// What a test sees of a response. `body` is `Err` when the body stream
@@ -48,13 +49,30 @@ impl Reply {
     }
 }
 
+/// A readiness handle whose config is loaded and which has no disk cache.
+fn loaded() -> Readiness {
+    let r = Readiness::new(None);
+    r.set_loaded(true);
+    r
+}
+
 async fn send(images: &Fake, method: Method, uri: &str, headers: &[(&str, &str)]) -> Reply {
+    send_ready(images, &loaded(), method, uri, headers).await
+}
+
+async fn send_ready(
+    images: &Fake,
+    ready: &Readiness,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut req = Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let req = req.body(Empty::<Bytes>::new()).expect("request");
-    let resp = handle(images, req).await;
+    let resp = handle(images, ready, req).await;
     let (parts, body) = resp.into_parts();
     assert_eq!(
         parts

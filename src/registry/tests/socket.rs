@@ -66,9 +66,14 @@ async fn serves_http1_over_a_socket_and_cuts_bad_bodies() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, Arc::new(Fake::default()), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        Arc::new(Fake::default()),
+        Arc::new(super::loaded()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     // Several requests on one keep-alive connection.
     let stream = TcpStream::connect(addr).await.expect("connect");
@@ -142,9 +147,14 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, Arc::new(Fake::default()), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        Arc::new(Fake::default()),
+        Arc::new(super::loaded()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let stream = TcpStream::connect(addr).await.expect("connect");
     let mut conn = BufReader::new(stream);
@@ -175,9 +185,14 @@ async fn speaks_h2c_with_prior_knowledge() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, Arc::new(Fake::default()), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        Arc::new(Fake::default()),
+        Arc::new(super::loaded()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     // The HTTP/2 connection preface, then an empty SETTINGS frame.
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
