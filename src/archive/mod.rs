@@ -11,6 +11,7 @@ pub mod docker;
 pub mod oci;
 pub mod repack;
 pub mod rootfs;
+pub mod saved;
 pub mod toc;
 
 #[cfg(test)]

@@ -1613,3 +1613,47 @@ async fn compressed_docker_archive_matches_uncompressed() {
         }
     }
 }
+
+/// A saved TOC's name index is rebuilt, not trusted: a damaged file naming
+/// an entry past the end cannot make a lookup panic.
+#[test]
+fn a_saved_toc_rebuilds_its_name_index() {
+    let json = serde_json::json!({
+        "entries": [{
+            "name": "manifest.json", "kind": "File", "size": 2, "offset": 512,
+            "head": null, "meta": { "mode": 420, "uid": 0, "gid": 0, "mtime": 0 }
+        }],
+        "by_name": { "manifest.json": 99, "other": 7 }
+    });
+    let toc: super::Toc = serde_json::from_value(json).unwrap();
+    assert_eq!(toc.get("manifest.json").unwrap().offset, 512);
+    assert!(toc.get("other").is_none());
+}
+
+/// What a real index saves passes the saved-index check, also once the TOC
+/// is pruned to the blob members, and a changed size or offset does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_index_of_a_real_archive_checks_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bytes, _, _) = simple_docker_archive();
+    let a = open(tmp.path(), "app.tar", &bytes).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    let layout = a.layout().unwrap();
+    super::saved::check(layout, &a.stat, &a.toc, &ix).unwrap();
+    let mut toc: super::Toc = serde_json::from_slice(&serde_json::to_vec(&a.toc).unwrap()).unwrap();
+    toc.retain(&ix.members());
+    super::saved::check(layout, &a.stat, &toc, &ix).unwrap();
+    let short = crate::source::Stat {
+        size: a.stat.size / 2,
+        version: a.stat.version.clone(),
+    };
+    let e = super::saved::check(layout, &short, &toc, &ix).unwrap_err();
+    assert!(e.to_string().contains("outside the archive"), "{e}");
+    let mut wrong = serde_json::to_value(&ix).unwrap();
+    for b in wrong["blobs"].as_object_mut().unwrap().values_mut() {
+        b["size"] = json!(b["size"].as_u64().unwrap() + 1);
+    }
+    let wrong: Indexed = serde_json::from_value(wrong).unwrap();
+    let e = super::saved::check(layout, &a.stat, &toc, &wrong).unwrap_err();
+    assert!(e.to_string().contains("bytes where it lives"), "{e}");
+}

@@ -62,14 +62,33 @@ pub struct Meta {
 }
 
 /// Names and places of every entry, plus the bytes of the small files that
-/// formats need.
+/// formats need. A saved TOC holds only its entries: the name index is
+/// rebuilt on load, so a damaged file cannot make it point anywhere.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(from = "SavedToc")]
 pub struct Toc {
     entries: Vec<Entry>,
+    #[serde(skip)]
     by_name: HashMap<String, usize>,
     /// Only needed while formats are read; not kept in a saved index.
     #[serde(skip)]
     captured: HashMap<String, Bytes>,
+}
+
+/// A TOC as read back from a saved index.
+#[derive(serde::Deserialize)]
+struct SavedToc {
+    entries: Vec<Entry>,
+}
+
+impl From<SavedToc> for Toc {
+    fn from(saved: SavedToc) -> Toc {
+        let mut toc = Toc::default();
+        for e in saved.entries {
+            toc.push(e);
+        }
+        toc
+    }
 }
 
 impl Toc {
@@ -97,8 +116,12 @@ impl Toc {
                 continue;
             }
             // The entry extraction would leave is the last one of a name.
-            match self.by_name.get(&e.name) {
-                Some(&i) => self.entries[i] = e,
+            match self
+                .by_name
+                .get(&e.name)
+                .and_then(|&i| self.entries.get_mut(i))
+            {
+                Some(slot) => *slot = e,
                 None => self.push(e),
             }
         }
@@ -113,7 +136,7 @@ impl Toc {
     pub fn get(&self, name: &str) -> Option<&Entry> {
         let mut name = normalize(name).ok()?;
         for _ in 0..8 {
-            let e = &self.entries[*self.by_name.get(&name)?];
+            let e = self.entries.get(*self.by_name.get(&name)?)?;
             match &e.kind {
                 EntryKind::Hardlink(t) => name = normalize(t).ok()?,
                 EntryKind::Symlink(t) => {

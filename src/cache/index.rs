@@ -2,13 +2,15 @@
 //! restart does not walk remote tarballs again (nor re-read a compressed
 //! or range-less one whole). Keyed by a digest of (url, version, the
 //! settings that shape generated images); written atomically; a file that
-//! does not parse is ignored and replaced.
+//! does not parse or does not check out against its archive is removed
+//! (one log line) and the archive indexed again.
 use std::path::{Path, PathBuf};
 
 use crate::image::Digest;
 
 /// Changes whenever what is saved changes shape or meaning.
-const FORMAT: &str = "cartorio-index-v1";
+/// v2: the TOC's name index is rebuilt on load, not saved.
+const FORMAT: &str = "cartorio-index-v2";
 
 pub struct IndexStore {
     dir: PathBuf,
@@ -33,6 +35,11 @@ impl IndexStore {
 
     pub fn get(&self, key: &Digest) -> Option<Vec<u8>> {
         std::fs::read(self.path(key)).ok()
+    }
+
+    /// Removes a saved index that cannot be used.
+    pub fn discard(&self, key: &Digest) {
+        let _ = std::fs::remove_file(self.path(key));
     }
 
     /// Saves, best effort: a cache that cannot write costs a re-index

@@ -309,10 +309,23 @@ impl Binding {
         };
         let store = self.cache.as_ref()?.index()?;
         let key = IndexStore::key(source.url(), version, &self.index_settings());
-        let saved: SavedIndex = serde_json::from_slice(&store.get(&key)?).ok()?;
-        if saved.stat.version != version {
-            return None;
-        }
+        let bytes = store.get(&key)?;
+        let checked = serde_json::from_slice::<SavedIndex>(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|saved| {
+                crate::archive::saved::check(saved.layout, &saved.stat, &saved.toc, &saved.indexed)
+                    .map_err(|e| e.to_string())?;
+                Ok(saved)
+            });
+        let saved = match checked {
+            Ok(saved) if saved.stat.version == version => saved,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(image = %self.spec.name, source = source.url(), "saved index discarded, indexing again: {e}");
+                store.discard(&key);
+                return None;
+            }
+        };
         let archive = Archive::restore(
             source.clone(),
             saved.layout,
@@ -613,5 +626,73 @@ mod tests {
         src.down.store(false, Ordering::SeqCst);
         let again = b.checked_within(Duration::ZERO).await.unwrap();
         assert!(Arc::ptr_eq(&again, &first));
+    }
+
+    /// A damaged saved index (an offset past the archive, a document that is not its digest) is
+    /// discarded and the archive indexed again: never a panic, never served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_saved_index_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(BlobCache::new(&crate::cache::CacheSettings {
+            dir: Some(dir.path().to_path_buf()),
+            disk: 1 << 20,
+            memory: 0,
+        }));
+        let src = Arc::new(Flaky {
+            data: rootfs_tar(),
+            down: AtomicBool::new(false),
+            stats: AtomicUsize::new(0),
+        });
+        let with_cache = || {
+            let mut b = binding(src.clone());
+            b.cache = Some(cache.clone());
+            b
+        };
+        let good = with_cache().current().await.unwrap();
+        let index_dir = dir.path().join("index");
+        let file = std::fs::read_dir(&index_dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        // A good saved index is restored as it is: checked, not rewritten.
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(&file).unwrap().ino();
+        with_cache().current().await.unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().ino(), inode);
+        type Damage = fn(&mut serde_json::Value);
+        let damage: [(&str, Damage); 3] = [
+            ("offset past the archive", |v| {
+                v["toc"]["entries"] = serde_json::json!([{
+                    "name": "etc/hello", "kind": "File", "size": 5, "offset": 1u64 << 40,
+                    "head": null, "meta": { "mode": 420, "uid": 0, "gid": 0, "mtime": 0 }
+                }]);
+            }),
+            ("document not its digest", |v| {
+                let docs = v["indexed"]["docs"].as_object_mut().unwrap();
+                for doc in docs.values_mut() {
+                    let hex = doc["bytes"].as_str().unwrap().to_string();
+                    doc["bytes"] = serde_json::json!(format!("{}20", &hex[..hex.len() - 2]));
+                }
+            }),
+            ("not JSON", |v| *v = serde_json::json!("garbage")),
+        ];
+        for (what, f) in damage {
+            let mut v = saved.clone();
+            f(&mut v);
+            std::fs::write(&file, serde_json::to_vec(&v).unwrap()).unwrap();
+            let again = with_cache().current().await.unwrap();
+            assert_eq!(again.indexed.docs.len(), good.indexed.docs.len(), "{what}");
+            for (d, doc) in &again.indexed.docs {
+                assert_eq!(Digest::of(&doc.bytes), *d, "{what}");
+            }
+            // Replaced by a good one.
+            let now: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            assert_eq!(now, saved, "{what}");
+        }
     }
 }
