@@ -7,4 +7,5 @@ pub mod config;
 pub mod image;
 pub mod metrics;
 pub mod registry;
+pub mod seek;
 pub mod source;
