@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod cache;
 pub mod catalog;
+pub mod check;
 pub mod config;
 pub mod image;
 pub mod metrics;

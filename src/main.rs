@@ -1,4 +1,4 @@
-//! The `cartorio` command: `proxy`, `serve` and `inspect`.
+//! The `cartorio` command: `proxy`, `serve`, `inspect` and `check`.
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +52,15 @@ enum Command {
         /// records are used.
         #[arg(required = true, value_name = "[NAME[:TAG]=]PATH")]
         archives: Vec<String>,
+    },
+    /// Check a config file (like `nginx -t`): parse it, validate every
+    /// route and source URL, print what would be served.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also stat each static source (files, HTTP HEAD, S3 HEAD).
+        #[arg(long)]
+        reach: bool,
     },
     /// Show what cartorio would serve from an archive.
     Inspect {
@@ -139,6 +148,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             serve(catalog, ready, &listen).await
         }
         Command::Inspect { path, json } => inspect(&path, json).await,
+        Command::Check { config, reach } => {
+            print!("{}", cartorio::check::check(&config, reach).await?);
+            Ok(())
+        }
     }
 }
 

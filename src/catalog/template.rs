@@ -17,6 +17,20 @@ pub struct Template {
     parts: Vec<Part>,
 }
 
+/// The template as written (`s3://b/{repo}/{tag}.tar`).
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.parts {
+            match p {
+                Part::Lit(s) => f.write_str(s)?,
+                Part::Repo => f.write_str("{repo}")?,
+                Part::Tag => f.write_str("{tag}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Template {
     /// Parses a template; `{repo}` must appear once, `{tag}` at most once,
     /// and no other `{...}`.
