@@ -12,6 +12,7 @@ pub mod oci;
 pub mod repack;
 pub mod rootfs;
 pub mod saved;
+mod seekable;
 pub mod toc;
 
 #[cfg(test)]
@@ -24,9 +25,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
-use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+use tokio_util::io::{ReaderStream, StreamReader};
 
 pub use detect::{ArchiveRef, Blob, BlobAt, Doc, Format, FoundImage, Indexed, Root, index};
+pub use seekable::SeekState;
 pub use toc::{Entry, EntryKind, Meta, Spill, SpillFile, Toc};
 
 use crate::image::{Digest, Hasher};
@@ -121,6 +123,8 @@ pub struct Archive {
     pub fetched: u64,
     /// Set when the TOC came from a full streaming pass.
     pub digests: Option<StreamDigests>,
+    /// Where decompression can start (compressed archives).
+    pub seek: SeekState,
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -258,6 +262,7 @@ impl Archive {
             stat,
             fetched: fetched + head.len() as u64,
             digests: None,
+            seek: SeekState::default(),
         })
     }
 
@@ -288,10 +293,10 @@ impl Archive {
                     }
                 }),
         );
-        let dec = decoder(raw, compression);
-        let (toc, diff_id) = tokio::task::spawn_blocking(move || {
+        let pass = seekable::PassReader::new(raw, compression)?;
+        let (toc, diff_id, points) = tokio::task::spawn_blocking(move || {
             let mut hr = HashingReader {
-                inner: SyncIoBridge::new(dec),
+                inner: pass,
                 hasher: Hasher::new(),
                 count: 0,
             };
@@ -306,7 +311,7 @@ impl Archive {
             // the end-of-archive blocks the tar reader stops before.
             io::copy(&mut hr, &mut io::sink())
                 .map_err(|e| ArchiveError::Corrupt(format!("decompression failed: {e}")))?;
-            Ok::<_, ArchiveError>((toc, hr.hasher.finish()))
+            Ok::<_, ArchiveError>((toc, hr.hasher.finish(), hr.inner.into_points()))
         })
         .await
         .map_err(|e| ArchiveError::Corrupt(e.to_string()))??;
@@ -321,6 +326,12 @@ impl Archive {
                 stat.size
             )));
         }
+        // A seekable zstd file's table has every frame; the pass only
+        // the frames at least a MiB apart.
+        let table = match compression {
+            Some(Compression::Zstd) if ranged => seekable::read_seek_table(&source, &stat).await,
+            _ => None,
+        };
         Ok(Archive {
             container: Container::Streamed {
                 source,
@@ -334,6 +345,7 @@ impl Archive {
                 stored: (h.finish(), n),
                 diff_id,
             }),
+            seek: SeekState::new(table.or(points)),
         })
     }
 
@@ -380,6 +392,7 @@ impl Archive {
             stat,
             fetched: 0,
             digests,
+            seek: SeekState::default(),
         }
     }
 
@@ -399,6 +412,7 @@ impl Archive {
             },
             fetched: 0,
             digests: None,
+            seek: SeekState::default(),
         })
     }
 
@@ -486,13 +500,25 @@ impl Archive {
             }
             Container::Streamed {
                 source,
-                compression,
+                compression: Some(c),
                 ..
             } => {
-                // No random access: read (and decompress) up to the member.
-                // The cache makes this a one-time cost.
+                // Decompress from the nearest seek point before the member
+                // (the start when there is none). The cache makes this a
+                // one-time cost.
+                let at = e.offset.checked_add(start).ok_or_else(|| {
+                    ArchiveError::Corrupt(format!("{} lies past any offset", e.name))
+                })?;
+                self.seek.stream(source, &self.stat, *c, at, len).await
+            }
+            Container::Streamed {
+                source,
+                compression: None,
+                ..
+            } => {
+                // No random access: read up to the member.
                 let raw = source.stream(0, None, Some(&self.stat)).await?;
-                skip_take(decoder(raw, *compression), e.offset + start, len).await
+                skip_take(decoder(raw, None), e.offset + start, len).await
             }
         }
     }

@@ -40,17 +40,44 @@ impl IndexStore {
     /// Removes a saved index that cannot be used.
     pub fn discard(&self, key: &Digest) {
         let _ = std::fs::remove_file(self.path(key));
+        let _ = std::fs::remove_file(self.points_path(key));
+    }
+
+    /// Seek points of a compressed archive are kept beside its index in
+    /// their own compact binary form (windows are bytes; JSON would
+    /// double them).
+    fn points_path(&self, key: &Digest) -> PathBuf {
+        self.dir.join(format!("{}.points", key.hex()))
+    }
+
+    pub fn get_points(&self, key: &Digest) -> Option<Vec<u8>> {
+        std::fs::read(self.points_path(key)).ok()
+    }
+
+    /// Saves points, or removes stale ones when there are none.
+    pub fn put_points(&self, key: &Digest, data: Option<&[u8]>) {
+        match data {
+            Some(d) => write_atomic(&self.points_path(key), d),
+            None => {
+                let _ = std::fs::remove_file(self.points_path(key));
+            }
+        }
     }
 
     /// Saves, best effort: a cache that cannot write costs a re-index
     /// after a restart, nothing more.
     pub fn put(&self, key: &Digest, data: &[u8]) {
-        let path = self.path(key);
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let r = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = r {
-            let _ = std::fs::remove_file(&tmp);
-            tracing::warn!(path = %path.display(), "cannot save an index: {e}");
-        }
+        write_atomic(&self.path(key), data)
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let r = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(path = %path.display(), "cannot save an index: {e}");
     }
 }

@@ -7,7 +7,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::archive::{
-    self, Archive, ArchiveError, ArchiveRef, Indexed, Layout, Root, Spill, StreamDigests, Toc,
+    self, Archive, ArchiveError, ArchiveRef, Indexed, Layout, Root, SeekState, Spill,
+    StreamDigests, Toc,
 };
 use crate::cache::{BlobCache, CacheSpill, IndexStore};
 use crate::config::ImageSpec;
@@ -246,6 +247,7 @@ impl Binding {
         let previous = self.snapshot.read().ok().and_then(|g| g.clone());
         if let Some(p) = previous
             && p.version == version
+            && !p.result.as_ref().is_ok_and(|l| self.stale(l))
         {
             self.store(Snapshot {
                 version,
@@ -257,6 +259,7 @@ impl Binding {
         // Back after an outage at the version served before.
         if let Some(good) = self.last()
             && good.version == version
+            && !self.stale(&good)
         {
             self.store(Snapshot {
                 version,
@@ -302,6 +305,25 @@ impl Binding {
         self.good.read().ok()?.clone()
     }
 
+    /// Whether a seek point of this index failed to decompress: then its
+    /// saved copy is dropped and the archive indexed again.
+    fn stale(&self, l: &Loaded) -> bool {
+        if !l.archive.seek.failed() {
+            return false;
+        }
+        if let (Location::Tar(source), Some(store)) =
+            (&self.location, self.cache.as_ref().and_then(|c| c.index()))
+        {
+            store.discard(&IndexStore::key(
+                source.url(),
+                &l.version,
+                &self.index_settings(),
+            ));
+        }
+        tracing::warn!(image = %self.spec.name, source = self.spec.source, "seek points failed: indexing again");
+        true
+    }
+
     /// The saved index of this archive at `version`, if there is one.
     fn restore(&self, version: &str) -> Option<(Arc<Archive>, Indexed)> {
         let Location::Tar(source) = &self.location else {
@@ -326,13 +348,23 @@ impl Binding {
                 return None;
             }
         };
-        let archive = Archive::restore(
+        let size = saved.stat.size;
+        let mut archive = Archive::restore(
             source.clone(),
             saved.layout,
             saved.toc,
             saved.stat,
             saved.digests,
         );
+        if let Some(b) = store.get_points(&key) {
+            match crate::seek::Points::decode(&b, size) {
+                Ok(p) => archive.seek = SeekState::new(Some(p)),
+                Err(e) => {
+                    tracing::warn!(image = %self.spec.name, source = source.url(), "saved seek points discarded: {e}");
+                    store.put_points(&key, None);
+                }
+            }
+        }
         tracing::debug!(image = %self.spec.name, source = source.url(), "index restored from the cache");
         Some((Arc::new(archive), saved.indexed))
     }
@@ -355,6 +387,18 @@ impl Binding {
         if let Ok(bytes) = serde_json::to_vec(&saved) {
             store.put(&key, &bytes);
         }
+        let points = archive.seek.encoded();
+        if let Some(p) = &points {
+            tracing::info!(
+                image = %self.spec.name,
+                source = source.url(),
+                points = archive.seek.points.as_ref().map_or(0, |p| p.points().len()),
+                bytes = p.len(),
+                bytes_per_gib = (p.len() as f64 * (1u64 << 30) as f64 / archive.stat.size.max(1) as f64) as u64,
+                "seek points saved"
+            );
+        }
+        store.put_points(&key, points.as_deref());
     }
 
     /// What besides the archive shapes its index: the image settings.

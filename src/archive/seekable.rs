@@ -1,0 +1,400 @@
+//! A compressed archive read from its seek points: the indexing pass
+//! records them ([`PassReader`]), a zstd seek table provides them without a
+//! pass, and a cold read of an entry starts decompressing at the nearest
+//! point before it instead of at byte 0.
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::TryStreamExt;
+use tokio::io::AsyncRead;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::{ArchiveError, Compression};
+use crate::seek::{self, Codec, Point, PointReader, Points};
+use crate::source::{ByteStream, Source, Stat};
+
+impl Compression {
+    pub fn codec(self) -> Codec {
+        match self {
+            Compression::Gzip => Codec::Gzip,
+            Compression::Zstd => Codec::Zstd,
+        }
+    }
+}
+
+/// The seek points of an archive, and whether one of them failed.
+#[derive(Debug, Default)]
+pub struct SeekState {
+    pub points: Option<Arc<Points>>,
+    /// Set when decompression from a recorded point failed: the points
+    /// (saved index or sidecar) do not belong to these bytes, and the
+    /// index is rebuilt.
+    failed: Arc<AtomicBool>,
+}
+
+impl SeekState {
+    pub fn new(points: Option<Points>) -> SeekState {
+        SeekState {
+            points: points.map(Arc::new),
+            failed: Arc::default(),
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Size of the points in their saved form.
+    pub fn encoded(&self) -> Option<Vec<u8>> {
+        self.points
+            .as_ref()
+            .filter(|p| !p.points().is_empty())
+            .map(|p| p.encode())
+    }
+
+    /// `len` bytes at `offset` of the decompressed stream, decompressing
+    /// from the nearest point before it (a range read of the source from
+    /// there to the end, dropped once `len` bytes came out).
+    pub(super) async fn stream(
+        &self,
+        source: &Arc<dyn Source>,
+        stat: &Stat,
+        compression: Compression,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream, ArchiveError> {
+        let codec = compression.codec();
+        let point = match &self.points {
+            Some(p) if p.codec() == codec => p.nearest(offset),
+            _ => Point::start(codec),
+        };
+        let from = point.read_from();
+        let raw = source.stream(from, None, Some(stat)).await?;
+        let failed = self.failed.clone();
+        let url = source.url().to_string();
+        let mark = move |e: &dyn std::fmt::Display| {
+            if point_out_of(from) && !failed.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    source = url,
+                    "seek point at compressed byte {from} failed ({e}): index marked stale"
+                );
+            }
+        };
+        let s = match seek::decode_stream(codec, &point, raw, offset - point.out, len) {
+            Ok(s) => s,
+            Err(e) => {
+                mark(&e);
+                return Err(ArchiveError::Corrupt(e.to_string()));
+            }
+        };
+        Ok(Box::pin(s.inspect_err(move |e| {
+            // Corrupt data (not a broken connection) from a recorded point.
+            if e.kind() == io::ErrorKind::InvalidData {
+                mark(e);
+            }
+        })))
+    }
+}
+
+/// Whether a read started at a recorded point rather than the start.
+fn point_out_of(from: u64) -> bool {
+    from > 0
+}
+
+/// A zstd archive in the seekable format carries its points in a seek
+/// table at its end: two small range reads. None when it has none, or a
+/// table that does not check out (logged; the pass records frames anyway).
+pub(super) async fn read_seek_table(source: &Arc<dyn Source>, stat: &Stat) -> Option<Points> {
+    let footer_len = seek::SEEK_TABLE_FOOTER as u64;
+    if stat.size < footer_len {
+        return None;
+    }
+    let footer = source
+        .read_range(stat.size - footer_len, footer_len, Some(stat))
+        .await
+        .ok()?;
+    let len = match seek::seek_table_len(&footer) {
+        Ok(Some(len)) if len <= stat.size => len,
+        Ok(None) => return None,
+        Ok(Some(_)) | Err(_) => {
+            tracing::warn!(
+                source = source.url(),
+                "ignoring a malformed zstd seek table"
+            );
+            return None;
+        }
+    };
+    let table = source
+        .read_range(stat.size - len, len, Some(stat))
+        .await
+        .ok()?;
+    match seek::parse_seek_table(&table, stat.size) {
+        Ok(p) => {
+            tracing::info!(
+                source = source.url(),
+                frames = p.points().len() + 1,
+                "zstd seekable format: seek table read"
+            );
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(source = source.url(), "ignoring the zstd seek table: {e}");
+            None
+        }
+    }
+}
+
+type Raw = StreamReader<ByteStream, bytes::Bytes>;
+
+/// What the indexing pass reads the tar from: the stored bytes, or their
+/// decompression with points recorded on the way.
+pub(super) enum PassReader {
+    Plain(SyncIoBridge<Box<dyn AsyncRead + Send + Unpin>>),
+    Points(Box<PointReader<SyncIoBridge<Raw>>>),
+}
+
+impl PassReader {
+    pub(super) fn new(
+        raw: ByteStream,
+        compression: Option<Compression>,
+    ) -> Result<PassReader, ArchiveError> {
+        match compression {
+            None => Ok(PassReader::Plain(SyncIoBridge::new(super::decoder(
+                raw, None,
+            )))),
+            Some(c) => {
+                // Tests use small archives; the spans shrink with them.
+                let (span, min) = if cfg!(test) {
+                    (256 * 1024, 128 * 1024)
+                } else {
+                    (seek::SPAN, seek::MIN_SPAN)
+                };
+                PointReader::with_spans(
+                    SyncIoBridge::new(StreamReader::new(raw)),
+                    c.codec(),
+                    span,
+                    min,
+                )
+                .map(|r| PassReader::Points(Box::new(r)))
+            }
+            .map_err(|e| ArchiveError::Corrupt(e.to_string())),
+        }
+    }
+
+    pub(super) fn into_points(self) -> Option<Points> {
+        match self {
+            PassReader::Plain(_) => None,
+            PassReader::Points(r) => Some(r.into_points()),
+        }
+    }
+}
+
+impl Read for PassReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            PassReader::Plain(r) => r.read(buf),
+            PassReader::Points(r) => r.read(buf),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::atomic::AtomicU64;
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::archive::Archive;
+    use crate::seek::Kind;
+    use crate::source::{FileSource, SourceError};
+
+    /// A file source that counts the bytes its streams deliver.
+    #[derive(Debug)]
+    struct Counting(FileSource, Arc<AtomicU64>);
+
+    #[async_trait::async_trait]
+    impl Source for Counting {
+        fn url(&self) -> &str {
+            self.0.url()
+        }
+        async fn stat(&self) -> Result<Stat, SourceError> {
+            self.0.stat().await
+        }
+        async fn read_range(&self, o: u64, l: u64, p: Option<&Stat>) -> Result<Bytes, SourceError> {
+            let b = self.0.read_range(o, l, p).await?;
+            self.1.fetch_add(b.len() as u64, Ordering::Relaxed);
+            Ok(b)
+        }
+        async fn stream(
+            &self,
+            o: u64,
+            l: Option<u64>,
+            p: Option<&Stat>,
+        ) -> Result<ByteStream, SourceError> {
+            let n = self.1.clone();
+            let s = self.0.stream(o, l, p).await?;
+            Ok(Box::pin(s.inspect_ok(move |b| {
+                n.fetch_add(b.len() as u64, Ordering::Relaxed);
+            })))
+        }
+    }
+
+    fn noise(len: usize, mut x: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 33) as u8
+            })
+            .collect()
+    }
+
+    fn tarball(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (n, d) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(d.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, n, *d).expect("append");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    fn gzip_cli(data: &[u8]) -> Vec<u8> {
+        let mut c = std::process::Command::new("gzip")
+            .args(["-1", "-c", "-n"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("gzip is needed for this test");
+        let mut i = c.stdin.take().expect("stdin");
+        let d = data.to_vec();
+        let w = std::thread::spawn(move || i.write_all(&d));
+        let out = c.wait_with_output().expect("gzip");
+        w.join().expect("join").expect("write");
+        out.stdout
+    }
+
+    async fn read(a: &Archive, name: &str) -> Result<Vec<u8>, std::io::Error> {
+        let e = a.member(name).expect("member");
+        let mut s = a
+            .member_stream(e, 0, e.size)
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_cold_member_is_read_from_the_nearest_point() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let first = noise(3 << 20, 1);
+        let last = noise(300_000, 2);
+        let plain = tarball(&[("first.bin", &first), ("last.bin", &last)]);
+        let gz = gzip_cli(&plain);
+        let path = dir.path().join("a.tar.gz");
+        std::fs::write(&path, &gz).expect("write");
+        let n = Arc::new(AtomicU64::new(0));
+        let src = Arc::new(Counting(
+            FileSource::new("a.tar.gz".into(), path.clone()),
+            n.clone(),
+        ));
+        let a = Archive::open(src.clone()).await.expect("open");
+        let points = a.seek.points.clone().expect("points recorded");
+        assert!(
+            points.points().len() >= 8,
+            "{} points",
+            points.points().len()
+        );
+        assert!(
+            points
+                .points()
+                .iter()
+                .all(|p| matches!(p.kind, Kind::Deflate { .. }))
+        );
+
+        n.store(0, Ordering::Relaxed);
+        assert!(read(&a, "last.bin").await.expect("read") == last);
+        let pulled = n.load(Ordering::Relaxed);
+        // From the nearest point (within 256 KiB of output before the
+        // member) to the end: a fraction of the archive, not all of it.
+        assert!(
+            pulled < gz.len() as u64 / 4,
+            "read {pulled} of {}",
+            gz.len()
+        );
+        assert!(read(&a, "first.bin").await.expect("read") == first);
+
+        // Points that do not belong to these bytes: the read fails (or its
+        // digest would), and the archive is marked for re-indexing.
+        let mut bad = Archive::restore(
+            src,
+            a.layout().expect("layout"),
+            crate::archive::Toc::default(),
+            a.stat.clone(),
+            a.digests,
+        );
+        bad.toc = Archive::open(Arc::new(FileSource::new("a".into(), path)))
+            .await
+            .expect("open")
+            .toc;
+        let wrong: Vec<_> = points
+            .points()
+            .iter()
+            .map(|p| crate::seek::Point {
+                kind: Kind::Deflate {
+                    bits: 3,
+                    window: noise(100, 9),
+                },
+                ..p.clone()
+            })
+            .collect();
+        bad.seek = SeekState::new(Some(
+            Points::from_points(Codec::Gzip, wrong, gz.len() as u64).expect("shape"),
+        ));
+        assert!(!bad.seek.failed());
+        assert!(read(&bad, "last.bin").await.is_err());
+        assert!(bad.seek.failed());
+    }
+
+    #[tokio::test]
+    async fn a_zstd_seek_table_is_read_at_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let data = noise(1 << 20, 3);
+        let plain = tarball(&[("a.bin", &data)]);
+        // Seekable: frames of 256 KiB plus the table.
+        let mut z = Vec::new();
+        let mut table = Vec::new();
+        for c in plain.chunks(256 * 1024) {
+            let mut buf = vec![0u8; zstd_safe::compress_bound(c.len())];
+            let n = zstd_safe::compress(&mut buf[..], c, 3).expect("zstd");
+            buf.truncate(n);
+            table.extend((buf.len() as u32).to_le_bytes());
+            table.extend((c.len() as u32).to_le_bytes());
+            z.extend(buf);
+        }
+        table.extend((plain.len().div_ceil(256 * 1024) as u32).to_le_bytes());
+        table.push(0);
+        table.extend(0x8F92_EAB1u32.to_le_bytes());
+        z.extend(0x184D_2A5Eu32.to_le_bytes());
+        z.extend((table.len() as u32).to_le_bytes());
+        z.extend(table);
+        let path = dir.path().join("a.tar.zst");
+        std::fs::write(&path, &z).expect("write");
+        let a = Archive::open(Arc::new(FileSource::new("a".into(), path)))
+            .await
+            .expect("open");
+        let p = a.seek.points.clone().expect("points");
+        // Every frame start, from the table (the pass keeps fewer).
+        assert_eq!(p.points().len(), plain.len().div_ceil(256 * 1024) - 1);
+        assert!(read(&a, "a.bin").await.expect("read") == data);
+    }
+}
