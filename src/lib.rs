@@ -8,5 +8,6 @@ pub mod config;
 pub mod image;
 pub mod metrics;
 pub mod registry;
+pub mod rlimit;
 pub mod seek;
 pub mod source;

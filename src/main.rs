@@ -34,6 +34,8 @@ enum Command {
         /// Overrides the config's `listen`.
         #[arg(long)]
         listen: Option<String>,
+        #[command(flatten)]
+        limits: LimitFlags,
     },
     /// Serve archives given on the command line, without a config file.
     Serve {
@@ -52,6 +54,8 @@ enum Command {
         /// records are used.
         #[arg(required = true, value_name = "[NAME[:TAG]=]PATH")]
         archives: Vec<String>,
+        #[command(flatten)]
+        limits: LimitFlags,
     },
     /// Check a config file (like `nginx -t`): parse it, validate every
     /// route and source URL, print what would be served.
@@ -70,6 +74,44 @@ enum Command {
     },
 }
 
+/// What one client may hold, and how long shutdown waits.
+#[derive(clap::Args)]
+struct LimitFlags {
+    /// Close a connection with no request in flight after this long
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    idle_timeout: std::time::Duration,
+    /// Drop a response whose client takes no bytes for this long
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    write_timeout: std::time::Duration,
+    /// Connections served at once; more wait in the listen backlog
+    /// [default: half the open-file limit, at most 65536]
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may finish
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    drain_timeout: std::time::Duration,
+}
+
+impl LimitFlags {
+    fn limits(&self) -> cartorio::registry::Limits {
+        cartorio::registry::Limits {
+            idle_timeout: self.idle_timeout,
+            write_timeout: self.write_timeout,
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(cartorio::registry::default_max_connections),
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    match cartorio::config::parse_duration(s) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{s:?} is not a duration like 500ms, 30s, 5m")),
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -80,6 +122,10 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    // One descriptor per connection: take what the hard limit allows.
+    if let Some(n) = cartorio::rlimit::raise_nofile() {
+        tracing::debug!(nofile = n, "open-file limit");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -101,7 +147,11 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Proxy { config, listen } => {
+        Command::Proxy {
+            config,
+            listen,
+            limits,
+        } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
             let (cache, ready) = open_cache(&cfg.cache, &cfg.base)
                 .map_err(|e| format!("{}: {e}", config.display()))?;
@@ -115,7 +165,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             )
             .await?;
             ready.set_loaded(true);
-            serve(catalog, ready, &listen.unwrap_or(cfg.listen)).await
+            serve(
+                catalog,
+                ready,
+                &listen.unwrap_or(cfg.listen),
+                limits.limits(),
+            )
+            .await
         }
         Command::Serve {
             listen,
@@ -123,6 +179,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             cache_dir,
             cache_disk,
             cache_memory,
+            limits,
         } => {
             let cache = CacheConfig {
                 dir: cache_dir,
@@ -145,7 +202,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             )
             .await?;
             ready.set_loaded(true);
-            serve(catalog, ready, &listen).await
+            serve(catalog, ready, &listen, limits.limits()).await
         }
         Command::Inspect { path, json } => inspect(&path, json).await,
         Command::Check { config, reach } => {
@@ -179,7 +236,12 @@ fn open_cache(
     Ok((Arc::new(BlobCache::new(&settings)), ready))
 }
 
-async fn serve(catalog: Catalog, ready: Arc<Readiness>, listen: &str) -> Result<(), String> {
+async fn serve(
+    catalog: Catalog,
+    ready: Arc<Readiness>,
+    listen: &str,
+    limits: cartorio::registry::Limits,
+) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -187,10 +249,22 @@ async fn serve(catalog: Catalog, ready: Arc<Readiness>, listen: &str) -> Result<
     // Tests and scripts wait for this line to learn the port.
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
-    tracing::info!(%addr, "serving");
-    cartorio::registry::serve(listener, Arc::new(catalog), ready, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    tracing::info!(
+        %addr,
+        idle_timeout = ?limits.idle_timeout,
+        write_timeout = ?limits.write_timeout,
+        max_connections = limits.max_connections,
+        "serving"
+    );
+    cartorio::registry::serve_with(
+        listener,
+        Arc::new(catalog),
+        ready,
+        limits,
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

@@ -39,6 +39,13 @@ pub struct Metrics {
     pub index_loads: AtomicU64,
     pub index_restores: AtomicU64,
     pub index_failures: AtomicU64,
+    /// Connections being served now (a gauge).
+    pub connections_open: AtomicU64,
+    pub connections_closed_idle: AtomicU64,
+    pub connections_closed_write_timeout: AtomicU64,
+    /// Idle connections closed to make room (at the cap, out of fds).
+    pub connections_shed: AtomicU64,
+    pub accept_errors: AtomicU64,
 }
 
 /// The process's counters.
@@ -71,6 +78,11 @@ impl Metrics {
             index_loads: AtomicU64::new(0),
             index_restores: AtomicU64::new(0),
             index_failures: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            connections_closed_idle: AtomicU64::new(0),
+            connections_closed_write_timeout: AtomicU64::new(0),
+            connections_shed: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
         }
     }
 
@@ -106,7 +118,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "cartorio_cache_memory_hits_total",
                 "Blob reads served from the memory tier.",
@@ -162,6 +174,26 @@ impl Metrics {
                 "Archives that could not be indexed.",
                 &self.index_failures,
             ),
+            (
+                "cartorio_connections_closed_idle_total",
+                "Connections closed after the idle timeout.",
+                &self.connections_closed_idle,
+            ),
+            (
+                "cartorio_connections_closed_write_timeout_total",
+                "Connections dropped because their client took no bytes for the write timeout.",
+                &self.connections_closed_write_timeout,
+            ),
+            (
+                "cartorio_connections_shed_total",
+                "Idle connections closed to make room (at the connection cap or out of file descriptors).",
+                &self.connections_shed,
+            ),
+            (
+                "cartorio_accept_errors_total",
+                "Failed accepts (EMFILE and the like).",
+                &self.accept_errors,
+            ),
         ];
         for (name, help, c) in counters {
             let _ = writeln!(
@@ -170,6 +202,13 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
+        out.push_str("# HELP cartorio_connections_open Connections being served.\n");
+        out.push_str("# TYPE cartorio_connections_open gauge\n");
+        let _ = writeln!(
+            out,
+            "cartorio_connections_open {}",
+            self.connections_open.load(Relaxed)
+        );
         if let Some(b) = disk_bytes {
             out.push_str("# HELP cartorio_cache_disk_bytes Bytes stored in the disk cache.\n");
             out.push_str("# TYPE cartorio_cache_disk_bytes gauge\n");

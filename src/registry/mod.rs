@@ -18,6 +18,7 @@
 //!   whole blob); an empty blob is always served whole.
 //! - A non-numeric `n` is ignored; `n=0` is an empty page with no `Link`.
 mod body;
+mod conn;
 mod error;
 mod pagination;
 mod query;
@@ -30,7 +31,9 @@ mod server;
 pub use body::ResponseBody;
 pub use ready::{NotReady, Readiness};
 pub use router::handle;
-pub use server::{DRAIN_TIMEOUT, serve};
+pub use server::{
+    DRAIN_TIMEOUT, IDLE_TIMEOUT, Limits, WRITE_TIMEOUT, default_max_connections, serve, serve_with,
+};
 
 #[cfg(test)]
 mod tests;

@@ -188,10 +188,27 @@ impl Server {
 
     /// Like `try_start`, with extra environment variables for the server process.
     pub fn try_start_env(args: &[&str], env: &[(&str, &str)]) -> Result<Server, (String, String)> {
+        Self::try_start_wrapped(&[], args, env)
+    }
+
+    /// Like `try_start_env`, run under a wrapper command (e.g. `prlimit --nofile=64:64`).
+    pub fn try_start_wrapped(
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, (String, String)> {
         let logdir = tempdir();
         let stderr_path = logdir.path().join("stderr.log");
         let bin = bin();
-        let mut child = Command::new(&bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = cmd
             .args(args)
             .env("RUST_BACKTRACE", "1")
             // Each server gets its own default cache folder, gone with it.

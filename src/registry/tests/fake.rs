@@ -32,6 +32,16 @@ pub const SLOW: &[u8] = b"slow and steady wins the race";
 pub fn slow_digest() -> Digest {
     Digest::of(SLOW)
 }
+/// A blob larger than a loopback socket's buffers, so a client that stops
+/// reading leaves the server holding bytes it cannot send.
+pub fn big() -> &'static Bytes {
+    static BIG: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BIG.get_or_init(|| (0..24u32 << 20).map(|i| (i % 251) as u8).collect())
+}
+pub fn big_digest() -> Digest {
+    static D: std::sync::OnceLock<Digest> = std::sync::OnceLock::new();
+    *D.get_or_init(|| Digest::of(big()))
+}
 pub fn liar_digest() -> Digest {
     Digest::of(b"the liar's real content")
 }
@@ -77,6 +87,8 @@ impl Fake {
             Some(SLOW)
         } else if *digest == empty_digest() {
             Some(b"")
+        } else if *digest == big_digest() {
+            Some(big())
         } else {
             None
         }
@@ -143,6 +155,14 @@ impl Images for Fake {
             };
             let items = stream::iter([Ok(good)]).chain(stream::once(failure));
             return Ok(Box::pin(items));
+        }
+        if *digest == big_digest() {
+            let part = big().slice(start as usize..=end as usize);
+            let chunks: Vec<std::io::Result<Bytes>> = (0..part.len())
+                .step_by(64 << 10)
+                .map(|at| Ok(part.slice(at..part.len().min(at + (64 << 10)))))
+                .collect();
+            return Ok(Box::pin(stream::iter(chunks)));
         }
         let bytes = Self::blob_bytes(digest)
             .ok_or_else(|| CatalogError::BlobUnknown(repo.clone(), *digest))?;

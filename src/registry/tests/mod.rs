@@ -2,6 +2,7 @@
 //! in-memory catalog, plus one test over a real socket.
 mod blobs;
 mod fake;
+mod limits;
 mod listing;
 mod manifests;
 mod ready;

@@ -1,0 +1,193 @@
+//! Operating the real binary: connection limits, timeouts and what they
+//! leave in the metrics. The images are rootfs tarballs written here, so
+//! these tests need neither the fixture script nor skopeo.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A rootfs tarball holding one file of `size` bytes that do not compress.
+fn rootfs(dir: &Path, size: usize) -> std::path::PathBuf {
+    let path = dir.join("rootfs.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&path).expect("create"));
+    let mut data = Vec::with_capacity(size);
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    while data.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(size);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "data.bin", &data[..])
+        .expect("append");
+    b.finish().expect("finish");
+    path
+}
+
+/// The value of a counter or gauge in `/metrics`.
+fn metric(server: &Server, name: &str) -> u64 {
+    let text = http("GET", &server.url("/metrics"), &[]).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// Reads until the server closes; panics if it is still open after `secs`.
+fn read_until_closed(s: &mut TcpStream, secs: u64) -> usize {
+    s.set_read_timeout(Some(Duration::from_secs(secs)))
+        .expect("timeout");
+    let mut total = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return total,
+            Err(e) => panic!("the server did not close the connection: {e}"),
+        }
+    }
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn silent_sockets_under_a_low_fd_limit_leave_others_served() {
+    if !e2e("silent_sockets_under_a_low_fd_limit_leave_others_served") {
+        return;
+    }
+    let tmp = tempdir();
+    let image = rootfs(tmp.path(), 1 << 16);
+    let arg = format!("app:v1={}", image.display());
+    // 64 descriptors, hard limit too (so start-up cannot raise it), and a
+    // connection cap above that: accept hits EMFILE.
+    let server = Server::try_start_wrapped(
+        &["prlimit", "--nofile=64:64", "--"],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cache-dir",
+            "none",
+            "--max-connections",
+            "1000",
+            "--idle-timeout",
+            "60s",
+            &arg,
+        ],
+        &[],
+    )
+    .unwrap_or_else(|(status, stderr)| panic!("did not start ({status}):\n{stderr}"));
+    let started = Instant::now();
+    let silent: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(&server.addr).expect("connect"))
+        .collect();
+    // Let them sit idle for more than a second: the ones shed first.
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = http(
+        "GET",
+        &server.url("/v2/app/manifests/v1"),
+        &[ACCEPT_MANIFESTS],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["layers"].is_array());
+    drop(silent);
+    let elapsed = started.elapsed().as_secs();
+    let stderr = server.stderr();
+    let lines = stderr
+        .lines()
+        .filter(|l| l.contains("cannot accept connections"))
+        .count() as u64;
+    assert!(lines >= 1, "the fd shortage is logged:\n{stderr}");
+    // One line per 5 s period at most, not one per attempt.
+    assert!(
+        lines <= elapsed / 5 + 2,
+        "{lines} lines in {elapsed} s:\n{stderr}"
+    );
+    assert!(metric(&server, "cartorio_connections_shed_total") >= 1);
+}
+
+#[test]
+fn idle_connections_and_stalled_readers_are_closed_and_their_fds_freed() {
+    if !e2e("idle_connections_and_stalled_readers_are_closed_and_their_fds_freed") {
+        return;
+    }
+    let tmp = tempdir();
+    // Larger than the loopback socket buffers a non-reading client leaves.
+    let size = 16 << 20;
+    let image = rootfs(tmp.path(), size);
+    let layer = sha256_file(&image);
+    let arg = format!("app:v1={}", image.display());
+    let server = Server::serve(&[
+        "--cache-dir",
+        "none",
+        "--idle-timeout",
+        "2s",
+        "--write-timeout",
+        "2s",
+        &arg,
+    ]);
+    let pid = server.pid();
+    // Warm the index so the measured fds are the connections'.
+    let r = http("GET", &server.url("/v2/app/manifests/v1"), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(500));
+    let baseline = open_fds(pid);
+
+    // A connection that says nothing is closed after the idle timeout.
+    let mut silent = TcpStream::connect(&server.addr).expect("connect");
+    assert_eq!(read_until_closed(&mut silent, 30), 0);
+
+    // A client that asks for the layer and stops reading.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(&server.addr).expect("connect");
+        write!(s, "GET /v2/app/blobs/{layer} HTTP/1.1\r\nHost: t\r\n\r\n").expect("write");
+        stalled.push(s);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        open_fds(pid) >= baseline + 3,
+        "the pulls hold their sockets"
+    );
+    // Dropped by the write timeout: what arrives afterwards is cut short.
+    std::thread::sleep(Duration::from_secs(6));
+    for s in &mut stalled {
+        let got = read_until_closed(s, 30);
+        assert!(got < size, "the stalled response was dropped ({got} bytes)");
+    }
+    let cut = metric(&server, "cartorio_connections_closed_write_timeout_total");
+    assert!(
+        cut >= 3,
+        "{cut} cut; {}",
+        http("GET", &server.url("/metrics"), &[]).text()
+    );
+    assert!(metric(&server, "cartorio_connections_closed_idle_total") >= 1);
+    // Their descriptors are back (the metrics request's own is closed too).
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open_fds(pid) > baseline && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        open_fds(pid) <= baseline,
+        "fds: {} now, {baseline} before",
+        open_fds(pid)
+    );
+    // And a reader that reads gets the whole layer.
+    let r = http("GET", &server.url(&format!("/v2/app/blobs/{layer}")), &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(&r.body), layer);
+}
