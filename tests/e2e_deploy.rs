@@ -226,3 +226,248 @@ fn check_exits_non_zero_with_file_line_and_problem() {
         "{err}"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// Kubernetes: deploy/kubernetes rendered, validated, and checked against the binary
+// ------------------------------------------------------------------------------------------
+
+/// What the tests render: every overlay, the base, and the PVC component on the bucket overlay
+/// (composed in a temp kustomization, since kustomize wants relative paths).
+fn kustomizations() -> Vec<(String, PathBuf)> {
+    let k = repo_root().join("deploy/kubernetes");
+    let mut out = vec![("base".to_string(), k.join("base"))];
+    let mut overlays: Vec<_> = std::fs::read_dir(k.join("overlays"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    overlays.sort();
+    for o in overlays {
+        let name = format!("overlays/{}", o.file_name().unwrap().to_string_lossy());
+        out.push((name, o));
+    }
+    let composed = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kustomize-bucket-pvc");
+    std::fs::create_dir_all(&composed).unwrap();
+    // CARGO_TARGET_TMPDIR is <repo>/target/tmp: three levels below the repo root.
+    std::fs::write(
+        composed.join("kustomization.yaml"),
+        "resources: [../../../deploy/kubernetes/overlays/bucket]\n\
+         components: [../../../deploy/kubernetes/components/pvc-cache]\n",
+    )
+    .unwrap();
+    out.push(("bucket + components/pvc-cache".into(), composed));
+    out
+}
+
+/// `kubectl kustomize DIR`, validated strictly offline with kubernetes-validate; the documents
+/// as JSON.
+fn render(dir: &Path, tmp: &Path) -> Vec<serde_json::Value> {
+    let yaml = tmp.join("rendered.yaml");
+    let o = run(Command::new("kubectl").arg("kustomize").arg(dir));
+    std::fs::write(&yaml, &o.stdout).unwrap();
+    let v = run(Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(&yaml));
+    let report =
+        String::from_utf8_lossy(&v.stdout).to_string() + &String::from_utf8_lossy(&v.stderr);
+    assert!(!report.contains("ERROR"), "{}: {report}", dir.display());
+    let j = run(Command::new("python3").arg("-c").arg(
+        "import sys, json, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+    ).arg(&yaml));
+    serde_json::from_slice(&j.stdout).unwrap()
+}
+
+/// "10Gi", "512Mi" (the quantities these manifests use) in bytes.
+fn quantity(q: &str) -> u64 {
+    for (suffix, mult) in [
+        ("Ki", 1u64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+    ] {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().unwrap() * mult;
+        }
+    }
+    q.parse().unwrap_or_else(|_| panic!("quantity {q:?}"))
+}
+
+#[test]
+fn kubernetes_manifests_render_validate_and_match_the_binary() {
+    e2e!();
+    for tool in ["kubectl", "kubernetes-validate"] {
+        assert!(
+            which(tool).is_some(),
+            "{tool} missing (scripts/test.sh installs it)"
+        );
+    }
+    assert_eq!(
+        std::fs::read(repo_root().join("deploy/kubernetes/components/containerd-hosts/hosts.toml"))
+            .unwrap(),
+        std::fs::read(repo_root().join("deploy/containerd/hosts.toml")).unwrap(),
+        "the init container's hosts.toml is a copy of deploy/containerd/hosts.toml"
+    );
+    for (name, dir) in kustomizations() {
+        let tmp = tempdir();
+        let docs = render(&dir, tmp.path());
+        let find = |kinds: &[&str]| {
+            docs.iter()
+                .filter(|d| kinds.contains(&d["kind"].as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+        };
+        // The config the pods get loads in cartorio.
+        let cms = find(&["ConfigMap"]);
+        let cm = cms
+            .iter()
+            .find(|c| {
+                c["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("cartorio-config")
+            })
+            .unwrap_or_else(|| panic!("{name}: no cartorio-config ConfigMap"));
+        let toml_text = cm["data"]["images.toml"].as_str().unwrap();
+        let cfg_path = tmp.path().join("images.toml");
+        std::fs::write(&cfg_path, toml_text).unwrap();
+        let (ok, out, err) = cartorio_check(&cfg_path, false);
+        assert!(ok, "{name}: cartorio check failed: {err}");
+        note(&format!("{name}: {}", out.lines().last().unwrap_or("")));
+        let cfg = cartorio::config::Config::load(&cfg_path).unwrap();
+        let cache = cfg.cache.settings(&cfg.base).unwrap();
+
+        // One workload, hardened, its numbers derived from the config.
+        let workloads = find(&["Deployment", "DaemonSet"]);
+        assert_eq!(workloads.len(), 1, "{name}: one workload");
+        let w = workloads[0];
+        let pod = &w["spec"]["template"]["spec"];
+        if w["kind"] == "Deployment" {
+            assert_eq!(w["spec"]["replicas"], 2, "{name}");
+            assert!(pod["topologySpreadConstraints"].is_array(), "{name}");
+            assert_eq!(find(&["PodDisruptionBudget"]).len(), 1, "{name}");
+        } else {
+            assert_eq!(pod["hostNetwork"], true, "{name}");
+        }
+        assert_eq!(find(&["Service"]).len(), 1, "{name}");
+        assert_eq!(find(&["ServiceAccount"]).len(), 1, "{name}");
+        // The drain after SIGTERM (30 s, ops' --drain-timeout default) plus margin.
+        assert!(
+            pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 40,
+            "{name}"
+        );
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(pod["securityContext"]["runAsUser"], 65532, "{name}");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        let c = pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "cartorio")
+            .unwrap_or_else(|| panic!("{name}: no cartorio container"));
+        let sc = &c["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{name}"
+        );
+        assert_eq!(
+            c["args"],
+            serde_json::json!(["proxy", "--config", "/etc/cartorio/images.toml"]),
+            "{name}"
+        );
+        // Ports: the config listens where the container port and the probes point.
+        let port = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "http")
+            .unwrap()["containerPort"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(cfg.listen, format!("0.0.0.0:{port}"), "{name}");
+        // Memory: the limit holds the memory-cache bound plus the process (~64 MiB).
+        let limit = quantity(c["resources"]["limits"]["memory"].as_str().unwrap());
+        assert!(
+            limit >= cache.memory + (64 << 20),
+            "{name}: memory limit {limit}"
+        );
+        // Volumes: config at /etc/cartorio, cache where the config says.
+        let mounts = c["volumeMounts"].as_array().unwrap();
+        let mount = |vol: &str| {
+            mounts.iter().find(|m| m["name"] == vol).unwrap()["mountPath"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(mount("config"), "/etc/cartorio", "{name}");
+        assert_eq!(Some(PathBuf::from(mount("cache"))), cache.dir, "{name}");
+        let vols = pod["volumes"].as_array().unwrap();
+        let cache_vol = vols.iter().find(|v| v["name"] == "cache").unwrap();
+        let capacity = if let Some(e) = cache_vol.get("emptyDir") {
+            quantity(e["sizeLimit"].as_str().expect("emptyDir sizeLimit"))
+        } else {
+            let claim = cache_vol["persistentVolumeClaim"]["claimName"]
+                .as_str()
+                .unwrap();
+            let pvc = find(&["PersistentVolumeClaim"])
+                .into_iter()
+                .find(|p| p["metadata"]["name"] == claim)
+                .unwrap_or_else(|| panic!("{name}: claim {claim} not rendered"));
+            quantity(
+                pvc["spec"]["resources"]["requests"]["storage"]
+                    .as_str()
+                    .unwrap(),
+            )
+        };
+        // cache.disk bounds the blobs; temp files and indexes need room beside them.
+        assert!(
+            capacity >= cache.disk + cache.disk / 10,
+            "{name}: cache volume {capacity} for cache.disk {}",
+            cache.disk
+        );
+
+        // The binary with this config answers the probes the manifest names.
+        let served_cache = tmp.path().join("cache");
+        let local = toml_text.replace(
+            &format!("dir = {}", toml_str(&mount("cache"))),
+            &format!("dir = {}", toml_path(&served_cache)),
+        );
+        assert_ne!(local, toml_text, "{name}: cache dir line not found");
+        std::fs::write(&cfg_path, local).unwrap();
+        let server = Server::proxy(&cfg_path);
+        for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+            let Some(get) = c.get(probe).map(|p| &p["httpGet"]) else {
+                continue;
+            };
+            assert_eq!(get["port"], "http", "{name} {probe}");
+            let path = get["path"].as_str().unwrap();
+            let r = http("GET", &server.url(path), &[]);
+            assert_eq!(r.status, 200, "{name} {probe} {path}: {}", r.text());
+        }
+        assert_eq!(
+            c["readinessProbe"]["httpGet"]["path"], "/readyz",
+            "{name}: readiness is /readyz"
+        );
+    }
+}
+
+#[test]
+fn readyz_fails_when_the_cache_folder_is_unusable() {
+    e2e!();
+    let tmp = tempdir();
+    let blocked = tmp.path().join("not-a-folder");
+    std::fs::write(&blocked, b"").unwrap();
+    let s = Server::serve(&[
+        "--cache-dir",
+        blocked.to_str().unwrap(),
+        &format!("app={}", fixture("docker-archive.tar").display()),
+    ]);
+    assert_eq!(http("GET", &s.url("/healthz"), &[]).status, 200);
+    let r = http("GET", &s.url("/readyz"), &[]);
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("not-a-folder"), "{}", r.text());
+}
