@@ -72,6 +72,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Work on a disk cache folder.
+    Cache {
+        #[command(subcommand)]
+        action: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Hash every stored blob and remove those that are not their digest
+    /// (they are fetched again when next pulled). Exits non-zero when any
+    /// was bad.
+    Verify {
+        /// The cache folder [default: $XDG_CACHE_HOME/cartorio]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// What one client may hold, and how long shutdown waits.
@@ -207,6 +223,21 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Inspect { path, json } => inspect(&path, json).await,
         Command::Check { config, reach } => {
             print!("{}", cartorio::check::check(&config, reach).await?);
+            Ok(())
+        }
+        Command::Cache {
+            action: CacheCommand::Verify { dir },
+        } => {
+            let dir = dir.unwrap_or_else(cartorio::config::default_cache_dir);
+            let shown = dir.display().to_string();
+            let r = tokio::task::spawn_blocking(move || cartorio::cache::scrub(&dir))
+                .await
+                .map_err(|e| format!("cache verify failed (a bug): {e}"))?
+                .map_err(|e| format!("{shown}: {e}"))?;
+            println!("{shown}: {} good, {} bad (removed)", r.good, r.bad);
+            if r.bad > 0 {
+                return Err(format!("{} cached blobs did not match their digest", r.bad));
+            }
             Ok(())
         }
     }

@@ -664,6 +664,53 @@ fn short_cached_file_is_fetched_again() {
     assert_cached(&cache, &layers[0]);
 }
 
+/// A cached file of the right length with a flipped bit (disk rot) is hashed before a
+/// restarted server first serves it: evicted and fetched again, not served wrong for ever.
+/// `cartorio cache verify DIR` finds and removes such a file on demand, and says so.
+#[test]
+fn flipped_bit_in_a_cached_file_heals() {
+    e2e!();
+    let tmp = tempdir();
+    let archive = fixture("docker-archive.tar");
+    let cache = tmp.path().join("cache");
+    let args = ["--cache-dir", s(&cache), s(&archive)];
+    let server = Server::serve(&args);
+    let layers = pull_checked(&server, "fixture/app:v1");
+    drop(server);
+    let victim = cache.join("sha256").join(hex(&layers[0]));
+    let flip = || {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&victim)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 50).unwrap();
+        f.write_all_at(&[b[0] ^ 1], 50).unwrap();
+    };
+    flip();
+    let server = Server::serve(&args);
+    let r = http("GET", &blob_url(&server, "fixture/app", &layers[0]), &[]);
+    assert_eq!((r.status, sha256(&r.body)), (200, layers[0].clone()));
+    drop(server);
+    assert_cached(&cache, &layers[0]);
+
+    flip();
+    let verify = |want_ok: bool, want: &str| {
+        let out = Command::new(bin())
+            .args(["cache", "verify", s(&cache)])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.success(), want_ok, "{stdout}");
+        assert!(stdout.contains(want), "{stdout}");
+    };
+    let n = cached(&cache).len();
+    verify(false, &format!("{} good, 1 bad", n - 1));
+    assert!(!victim.exists());
+    verify(true, &format!("{} good, 0 bad", n - 1));
+}
+
 /// The value of an unlabelled counter in `/metrics`, or of a labelled
 /// sample when `name` includes its labels.
 fn metric(text: &str, name: &str) -> u64 {

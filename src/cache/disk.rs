@@ -1,7 +1,7 @@
 //! The disk tier: verified blobs stored by digest (`sha256/<hex>`), so a
 //! layer shared by many archives is stored once, bounded in bytes with
 //! least-recently-used eviction, and found again after a restart.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +57,9 @@ pub struct DiskCache {
     max: u64,
     lru: Mutex<Lru>,
     temp_seq: AtomicU64,
+    /// Blobs this process wrote or hashed: a file found on disk at start-up
+    /// is hashed before it is first served.
+    verified: Mutex<HashSet<Digest>>,
 }
 
 impl DiskCache {
@@ -88,6 +91,7 @@ impl DiskCache {
             max,
             lru: Mutex::new(Lru::default()),
             temp_seq: AtomicU64::new(0),
+            verified: Mutex::new(HashSet::new()),
         };
         if let Ok(mut lru) = cache.lru.lock() {
             for (_, d, size) in found {
@@ -122,14 +126,30 @@ impl DiskCache {
         if let Ok(mut l) = self.lru.lock() {
             l.insert(*d, size);
         }
+        self.mark_verified(d);
         self.evict();
         Ok(dest)
     }
 
-    /// Forgets a blob whose file vanished or could not be read.
+    /// Whether this process wrote or hashed the stored blob.
+    pub fn is_verified(&self, d: &Digest) -> bool {
+        self.verified.lock().is_ok_and(|v| v.contains(d))
+    }
+
+    pub fn mark_verified(&self, d: &Digest) {
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert(*d);
+        }
+    }
+
+    /// Forgets a blob whose file vanished, could not be read or is not
+    /// the blob.
     pub fn forget(&self, d: &Digest) {
         if let Ok(mut l) = self.lru.lock() {
             l.remove(d);
+        }
+        if let Ok(mut v) = self.verified.lock() {
+            v.remove(d);
         }
         let _ = std::fs::remove_file(self.path(d));
     }
@@ -158,6 +178,42 @@ impl DiskCache {
             tracing::debug!(digest = %d, "evicted from the disk cache");
         }
     }
+}
+
+/// What a scrub of a cache folder found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Files that hash to their name.
+    pub good: u64,
+    /// Files that did not, or could not be read: removed.
+    pub bad: u64,
+}
+
+/// Hashes every stored blob of the cache folder `dir` and removes those
+/// that are not their digest (`cartorio cache verify`). Blocking. Files
+/// that are not blobs (other names) are left alone and not counted.
+pub fn scrub(dir: &Path) -> std::io::Result<ScrubReport> {
+    let mut report = ScrubReport::default();
+    for e in std::fs::read_dir(dir.join("sha256"))? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(d) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
+            continue;
+        };
+        if !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        if super::file_matches(&e.path(), &d) {
+            report.good += 1;
+        } else {
+            tracing::warn!(digest = %d, "cached blob does not match its digest; removed");
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!(digest = %d, "cannot remove a bad cached blob: {err}");
+            }
+            report.bad += 1;
+        }
+    }
+    Ok(report)
 }
 
 /// Removes temp files of processes that are gone (a crash). Temp names

@@ -19,7 +19,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, stream};
 use tokio::sync::watch;
 
-pub use disk::DiskCache;
+pub use disk::{DiskCache, ScrubReport, scrub};
 pub use index::IndexStore;
 pub use verify::Verified;
 
@@ -177,38 +177,11 @@ impl BlobCache {
                 Box::new(|| {}),
             )));
         };
-        if disk.contains(&digest) {
+        if disk.contains(&digest)
+            && let Some(hit) = self.disk_hit(disk, digest, size, start, end).await?
+        {
             inc(&METRICS.cache_disk_hits);
-            match std::fs::File::open(disk.path(&digest)) {
-                Ok(f) if f.metadata().is_ok_and(|m| m.len() == size) => {
-                    if size <= self.memory_max_blob
-                        && let Ok(b) = std::fs::read(disk.path(&digest))
-                        && b.len() as u64 == size
-                    {
-                        let b = Bytes::from(b);
-                        self.memory.insert(digest, b.clone()).await;
-                        return Ok(once(b.slice(start as usize..=end as usize)));
-                    }
-                    return Ok(file_range(Arc::new(f), start, end));
-                }
-                Ok(f) => {
-                    // Not the descriptor's length: either the descriptor is
-                    // wrong (the file is the verified blob) or the file is.
-                    let stored = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    drop(f);
-                    let path = disk.path(&digest);
-                    let good = tokio::task::spawn_blocking(move || file_matches(&path, &digest))
-                        .await
-                        .unwrap_or(false);
-                    if good {
-                        return Err(size_conflict(&digest, stored, size));
-                    }
-                    tracing::warn!(%digest, "cached blob does not match its digest; evicted");
-                    disk.forget(&digest);
-                }
-                // Vanished or unreadable: fetch it again.
-                Err(_) => disk.forget(&digest),
-            }
+            return Ok(hit);
         }
         let flight = self.flight(digest, size, label.clone(), fetch.clone())?;
         let Some(flight) = flight else {
@@ -251,6 +224,61 @@ impl BlobCache {
             label,
             fetch,
         }))
+    }
+
+    /// Serves `start..=end` of a stored blob. The file is checked first:
+    /// its length against the descriptor, and its content against the
+    /// digest once per process (a bit flip on disk would otherwise be
+    /// served for ever). None when the file was not the blob and is gone:
+    /// fetch it again.
+    async fn disk_hit(
+        &self,
+        disk: &DiskCache,
+        digest: Digest,
+        size: u64,
+        start: u64,
+        end: u64,
+    ) -> io::Result<Option<ByteStream>> {
+        let path = disk.path(&digest);
+        let verified = disk.is_verified(&digest);
+        let opened = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&path)?;
+            let len = f.metadata()?.len();
+            // A file of the descriptor's length is checked once; one of
+            // another length tells a wrong descriptor (the file is the
+            // blob) from a damaged file.
+            let good = (verified && len == size) || file_matches(&path, &digest);
+            Ok::<_, io::Error>((f, len, good))
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("cache read task failed (a bug): {e}")))?;
+        let (f, len) = match opened {
+            Ok((f, len, true)) => (f, len),
+            Ok((_, _, false)) => {
+                tracing::warn!(%digest, "cached blob does not match its digest; evicted, fetching again");
+                inc(&METRICS.cache_fill_digest_mismatches);
+                disk.forget(&digest);
+                return Ok(None);
+            }
+            // Vanished or unreadable: fetch it again.
+            Err(_) => {
+                disk.forget(&digest);
+                return Ok(None);
+            }
+        };
+        disk.mark_verified(&digest);
+        if len != size {
+            return Err(size_conflict(&digest, len, size));
+        }
+        let f = Arc::new(f);
+        if size <= self.memory_max_blob
+            && let Ok(b) = pread(f.clone(), 0, size).await
+            && b.len() as u64 == size
+        {
+            self.memory.insert(digest, b.clone()).await;
+            return Ok(Some(once(b.slice(start as usize..=end as usize))));
+        }
+        Ok(Some(file_range(f, start, end)))
     }
 
     /// The flight filling `digest`, started if there is none. None when
@@ -891,5 +919,64 @@ mod tests {
         }
         let (bytes, ok) = drain(first).await;
         assert!(ok && bytes == data);
+    }
+
+    /// A same-length corruption of a stored blob (a bit flip on disk) is
+    /// found before a process first serves the file: evicted and fetched
+    /// again, not served for ever. `scrub` finds and removes it on demand.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flipped_byte_on_disk_heals_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = noise_bytes(70_000);
+        let d = Digest::of(&data);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let f = fetcher(data.clone(), calls.clone(), false);
+        let cache = Arc::new(BlobCache::new(&settings(dir.path())));
+        let _ = drain(
+            cache
+                .read(d, 70_000, 0, 69_999, "t".into(), f.clone())
+                .await
+                .unwrap(),
+        )
+        .await;
+        drop(cache);
+        let path = dir.path().join("sha256").join(d.hex());
+        let flip = |path: &Path| {
+            let mut b = std::fs::read(path).unwrap();
+            b[60_000] ^= 1;
+            std::fs::write(path, b).unwrap();
+        };
+        flip(&path);
+        assert_eq!(scrub(dir.path()).unwrap(), ScrubReport { good: 0, bad: 1 });
+        assert!(!path.exists());
+        let cache = Arc::new(BlobCache::new(&settings(dir.path())));
+        let _ = drain(
+            cache
+                .read(d, 70_000, 0, 69_999, "t".into(), f.clone())
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(scrub(dir.path()).unwrap(), ScrubReport { good: 1, bad: 0 });
+        drop(cache);
+        // Restarted with a damaged file: the first read refetches.
+        flip(&path);
+        let cache = Arc::new(BlobCache::new(&settings(dir.path())));
+        let (bytes, ok) = drain(
+            cache
+                .read(d, 70_000, 100, 69_999, "t".into(), f)
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(ok && bytes == data[100..]);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    fn noise_bytes(len: usize) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect()
     }
 }
