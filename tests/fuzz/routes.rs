@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use cartorio::catalog::{ByteStream, CatalogError, Images, Manifest};
 use cartorio::image::{Digest, Reference, RepoName, Tag};
+use cartorio::registry::Readiness;
 use futures_util::stream;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Empty};
@@ -375,7 +376,7 @@ const CODES: &[&str] = &[
     "PAGINATION_NUMBER_INVALID",
 ];
 
-async fn check(c: &Catalog, case: &Case) -> Result<(), String> {
+async fn check(c: &Catalog, ready: &Readiness, case: &Case) -> Result<(), String> {
     let mut req = Request::builder()
         .method(case.method.clone())
         .uri(&case.path);
@@ -385,7 +386,7 @@ async fn check(c: &Catalog, case: &Case) -> Result<(), String> {
     let Ok(req) = req.body(Empty::<Bytes>::new()) else {
         return Ok(()); // not a request hyper would hand over
     };
-    let resp = cartorio::registry::handle(c, req).await;
+    let resp = cartorio::registry::handle(c, ready, req).await;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp
@@ -473,8 +474,10 @@ fn routes() {
         .build()
         .expect("runtime");
     let catalog = Catalog::new();
+    let ready = Readiness::new(None);
+    ready.set_loaded(true);
     run("routes", 3_000, |rng| {
         let case = generate(rng, &catalog);
-        rt.block_on(check(&catalog, &case))
+        rt.block_on(check(&catalog, &ready, &case))
     });
 }
