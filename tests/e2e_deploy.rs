@@ -471,3 +471,183 @@ fn readyz_fails_when_the_cache_folder_is_unusable() {
     assert_eq!(r.status, 503);
     assert!(r.text().contains("not-a-folder"), "{}", r.text());
 }
+
+// ------------------------------------------------------------------------------------------
+// CI recipes: deploy/ci/*.yml validated, and their shell steps run against a fixture
+// ------------------------------------------------------------------------------------------
+
+/// A CI job: name, environment (variables), and its shells `(step, script)`.
+type CiJob = (String, serde_json::Value, Vec<(String, String)>);
+
+/// The shell parts of a CI file, per job in order: `(job, env, [(step, script)])`.  GitHub:
+/// every `run:` step, each its own bash (as Actions runs them); GitLab: `before_script` +
+/// `script` as one shell, then `after_script`.
+fn ci_shells(file: &Path) -> Vec<CiJob> {
+    const EXTRACT: &str = r#"
+import json, sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+out = []
+if "jobs" in doc:  # GitHub Actions
+    for name, job in doc["jobs"].items():
+        env = {**doc.get("env", {}), **job.get("env", {})}
+        steps = [(s.get("name", "run"), s["run"]) for s in job["steps"] if "run" in s]
+        out.append((name, env, steps))
+else:  # GitLab CI: jobs in stage order
+    stages = doc.get("stages", ["build", "test", "deploy"])
+    jobs = [(k, v) for k, v in doc.items() if isinstance(v, dict) and "script" in v]
+    jobs.sort(key=lambda kv: stages.index(kv[1].get("stage", "test")))
+    for name, job in jobs:
+        env = {**doc.get("variables", {}), **job.get("variables", {})}
+        steps = [("script", "\n".join(job.get("before_script", []) + job["script"]))]
+        if "after_script" in job:
+            steps.append(("after_script", "\n".join(job["after_script"])))
+        out.append((name, env, steps))
+print(json.dumps(out))
+"#;
+    let o = run(Command::new("python3").args(["-c", EXTRACT]).arg(file));
+    let v: Vec<CiJob> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!v.is_empty(), "{}: no jobs", file.display());
+    v
+}
+
+/// Stand-ins for the tools a CI machine has and this one does not: they log their arguments,
+/// "build" by copying a fixture archive, and turn `docker|podman run REF` into a skopeo pull.
+const SHIM: &str = r#"#!/bin/bash
+set -euo pipefail
+tool=$(basename "$0")
+echo "$tool $*" >> "$SHIM_LOG"
+pull() { skopeo --command-timeout 90s copy -q --src-tls-verify=false "docker://$1" "oci:$SHIM_OUT/$tool-$RANDOM:ci"; }
+case "$tool $1" in
+  "docker buildx") for a in "$@"; do case $a in *dest=*) cp "$FIXTURE" "${a##*dest=}";; esac; done ;;
+  "podman build"|"buildah build") ;;
+  "podman save") while [ $# -gt 0 ]; do [ "$1" = -o ] && cp "$FIXTURE" "$2"; shift; done ;;
+  "buildah push") dest=${3#docker-archive:}; cp "$FIXTURE" "${dest%%:*}" ;;
+  "docker run"|"podman run") pull "${@: -1}" ;;
+  "cargo install") ;;
+  *) echo "shim: unexpected $tool $*" >&2; exit 2 ;;
+esac
+"#;
+
+#[test]
+fn ci_recipes_validate_and_their_steps_pass_against_a_fixture() {
+    e2e!();
+    assert!(
+        which("check-jsonschema").is_some(),
+        "check-jsonschema missing (scripts/test.sh installs it)"
+    );
+    for (file, schema) in [
+        ("github-actions.yml", "vendor.github-workflows"),
+        ("gitlab-ci.yml", "vendor.gitlab-ci"),
+    ] {
+        let path = repo_root().join("deploy/ci").join(file);
+        run(Command::new("check-jsonschema")
+            .args(["--builtin-schema", schema])
+            .arg(&path));
+
+        // One work folder per file: a later job sees an earlier one's artifacts (image.tar).
+        let file_tmp = tempdir();
+        let work = file_tmp.path().to_path_buf();
+        for (job, env, steps) in ci_shells(&path) {
+            let tmp = tempdir();
+            let (shims, out) = (tmp.path().join("shims"), tmp.path().join("pulled"));
+            for d in [&shims, &out] {
+                std::fs::create_dir(d).unwrap();
+            }
+            for tool in ["docker", "podman", "buildah", "cargo"] {
+                let p = shims.join(tool);
+                std::fs::write(&p, SHIM).unwrap();
+                sh(&format!("chmod +x {}", p.display()));
+            }
+            std::os::unix::fs::symlink(bin(), shims.join("cartorio")).unwrap();
+            let addr = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().to_string()
+            };
+            let log = tmp.path().join("shim.log");
+            std::fs::write(&log, "").unwrap();
+            let path = format!(
+                "{}:{}",
+                shims.display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            for (step, script) in &steps {
+                let mut cmd = Command::new("bash");
+                cmd.args(["--noprofile", "--norc", "-eo", "pipefail", "-c", script])
+                    .current_dir(&work)
+                    .env("PATH", &path)
+                    .env("SHIM_LOG", &log)
+                    .env("SHIM_OUT", &out)
+                    .env("FIXTURE", fixture("docker-archive.tar"));
+                for (k, v) in env.as_object().unwrap() {
+                    cmd.env(k, v.as_str().unwrap());
+                }
+                cmd.env("CARTORIO_ADDR", &addr);
+                let o = cmd
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("run a recipe step");
+                assert!(
+                    o.status.success(),
+                    "{file} {job} {step:?} failed ({}):\n{}\n{}\nshims:\n{}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            // The recipe stopped its cartorio; make sure, whatever happened.
+            let pid_file = work.join("cartorio.pid");
+            if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+                // It drains before exiting (up to the drain timeout): wait for it.
+                let alive = || {
+                    Command::new("kill")
+                        .args(["-0", pid.trim()])
+                        .stderr(Stdio::null())
+                        .status()
+                        .map(|s| s.success())
+                        .unwrap_or(false)
+                };
+                let deadline = std::time::Instant::now() + Duration::from_secs(40);
+                while alive() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let alive = alive();
+                let _ = Command::new("kill")
+                    .arg(pid.trim())
+                    .stderr(Stdio::null())
+                    .status();
+                assert!(!alive, "{file} {job}: cartorio still running after the job");
+            }
+            let calls = std::fs::read_to_string(&log).unwrap();
+            let cartorio_log =
+                std::fs::read_to_string(work.join("cartorio.log")).unwrap_or_default();
+            if job == "build-image" {
+                assert!(work.join("image.tar").is_file(), "{file} {job}: {calls}");
+                continue;
+            }
+            assert!(
+                cartorio_log.contains(&format!("listening on {addr}")),
+                "{file} {job}: {cartorio_log}"
+            );
+            let want = "run --rm";
+            assert!(
+                calls
+                    .lines()
+                    .any(|l| l.contains(want) && l.ends_with(&format!("{addr}/app:ci"))),
+                "{file} {job}: no run of {addr}/app:ci in {calls}"
+            );
+            // Every pull the shims made (and skopeo's own in the podman recipes) unpacked an
+            // image layout.
+            let pulled: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().collect();
+            assert!(!pulled.is_empty(), "{file} {job}: nothing pulled");
+            for p in pulled {
+                assert!(
+                    p.path().join("index.json").is_file(),
+                    "{}",
+                    p.path().display()
+                );
+            }
+            note(&format!("{file} {job}: {} step(s) passed", steps.len()));
+        }
+    }
+}
