@@ -73,10 +73,24 @@ pub struct CacheConfig {
     pub memory: Option<String>,
 }
 
+/// `[tls]`: serve HTTPS with this certificate chain and key (PEM; paths
+/// relative to the config's folder).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// A validated config.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: String,
+    /// `[tls]`, paths resolved against `base`.
+    pub tls: Option<TlsConfig>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served instead of
+    /// `listen`.
+    pub admin_listen: Option<String>,
     pub images: Vec<ImageSpec>,
     pub routes: Vec<RouteSpec>,
     pub cache: CacheConfig,
@@ -91,6 +105,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    admin_listen: Option<String>,
+    tls: Option<TlsConfig>,
     revalidate: Option<Spanned<String>>,
     #[serde(default)]
     image: Vec<RawImage>,
@@ -312,6 +328,11 @@ impl Config {
         Ok(Config {
             revalidate,
             listen: raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+            tls: raw.tls.map(|t| TlsConfig {
+                cert: base.join(t.cert),
+                key: base.join(t.key),
+            }),
+            admin_listen: raw.admin_listen,
             images,
             routes,
             cache: raw.cache,

@@ -11,7 +11,8 @@ use cartorio::cache::BlobCache;
 use cartorio::catalog::{Catalog, DEFAULT_REVALIDATE, Location};
 use cartorio::config::{CacheConfig, Config, DEFAULT_LISTEN, ImageSpec};
 use cartorio::image::{ImageConfig, RepoName, Tag};
-use cartorio::registry::Readiness;
+use cartorio::registry::tls::{Tls, TlsFiles};
+use cartorio::registry::{Endpoints, Frontend, Readiness};
 use cartorio::source::Sources;
 
 #[derive(Parser)]
@@ -36,6 +37,8 @@ enum Command {
         listen: Option<String>,
         #[command(flatten)]
         limits: LimitFlags,
+        #[command(flatten)]
+        front: FrontArgs,
     },
     /// Serve archives given on the command line, without a config file.
     Serve {
@@ -56,6 +59,8 @@ enum Command {
         archives: Vec<String>,
         #[command(flatten)]
         limits: LimitFlags,
+        #[command(flatten)]
+        front: FrontArgs,
     },
     /// Check a config file (like `nginx -t`): parse it, validate every
     /// route and source URL, print what would be served.
@@ -121,6 +126,41 @@ impl LimitFlags {
     }
 }
 
+/// How `proxy` and `serve` face clients: TLS, the admin listener. On
+/// `proxy` these override the config file's `[tls]` and `admin_listen`.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct FrontArgs {
+    /// PEM certificate chain: serve HTTPS (HTTP/2 by ALPN) with --tls-key.
+    /// Re-read when the file changes (checked every few seconds).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz on this address (plain HTTP)
+    /// instead of the main port, where they are then 404.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+}
+
+impl FrontArgs {
+    /// These flags over the config's settings.
+    fn over(self, cfg: &Config) -> FrontArgs {
+        let (tls_cert, tls_key) = match (self.tls_cert, self.tls_key) {
+            (Some(c), Some(k)) => (Some(c), Some(k)),
+            _ => match &cfg.tls {
+                Some(t) => (Some(t.cert.clone()), Some(t.key.clone())),
+                None => (None, None),
+            },
+        };
+        FrontArgs {
+            tls_cert,
+            tls_key,
+            admin_listen: self.admin_listen.or_else(|| cfg.admin_listen.clone()),
+        }
+    }
+}
+
 fn duration(s: &str) -> Result<std::time::Duration, String> {
     match cartorio::config::parse_duration(s) {
         Some(d) if !d.is_zero() => Ok(d),
@@ -167,8 +207,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             config,
             listen,
             limits,
+            front,
         } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
+            let front = front.over(&cfg);
             let (cache, ready) = open_cache(&cfg.cache, &cfg.base)
                 .map_err(|e| format!("{}: {e}", config.display()))?;
             let catalog = Catalog::new(
@@ -186,6 +228,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 ready,
                 &listen.unwrap_or(cfg.listen),
                 limits.limits(),
+                front,
             )
             .await
         }
@@ -196,6 +239,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             cache_disk,
             cache_memory,
             limits,
+            front,
         } => {
             let cache = CacheConfig {
                 dir: cache_dir,
@@ -218,7 +262,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             )
             .await?;
             ready.set_loaded(true);
-            serve(catalog, ready, &listen, limits.limits()).await
+            serve(catalog, ready, &listen, limits.limits(), front).await
         }
         Command::Inspect { path, json } => inspect(&path, json).await,
         Command::Check { config, reach } => {
@@ -272,7 +316,44 @@ async fn serve(
     ready: Arc<Readiness>,
     listen: &str,
     limits: cartorio::registry::Limits,
+    front: FrontArgs,
 ) -> Result<(), String> {
+    let tls = match (front.tls_cert, front.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(Tls::new(TlsFiles { cert, key }).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    let images: Arc<dyn cartorio::catalog::Images> = Arc::new(catalog);
+    // Both listeners stop on the same signal.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut admin = None;
+    if let Some(admin_listen) = &front.admin_listen {
+        let listener = tokio::net::TcpListener::bind(admin_listen)
+            .await
+            .map_err(|e| format!("cannot listen on {admin_listen} (--admin-listen): {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("admin listening on {addr}");
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        let front = Frontend {
+            endpoints: Endpoints::Admin,
+            ..Frontend::default()
+        };
+        admin = Some(tokio::spawn(cartorio::registry::serve_with(
+            listener,
+            Arc::clone(&images),
+            Arc::clone(&ready),
+            Arc::new(front),
+            limits.clone(),
+            stopped(),
+        )));
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -285,17 +366,28 @@ async fn serve(
         idle_timeout = ?limits.idle_timeout,
         write_timeout = ?limits.write_timeout,
         max_connections = limits.max_connections,
+        tls = tls.is_some(),
         "serving"
     );
-    cartorio::registry::serve_with(
-        listener,
-        Arc::new(catalog),
-        ready,
-        limits,
-        shutdown_signal(),
-    )
-    .await
-    .map_err(|e| e.to_string())
+    let front = Frontend {
+        endpoints: if admin.is_some() {
+            Endpoints::Registry
+        } else {
+            Endpoints::All
+        },
+        tls,
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let result =
+        cartorio::registry::serve_with(listener, images, ready, Arc::new(front), limits, stopped())
+            .await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    result.map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

@@ -20,6 +20,7 @@
 mod body;
 mod conn;
 mod error;
+mod frontend;
 mod pagination;
 mod query;
 mod range;
@@ -27,10 +28,12 @@ mod ready;
 mod router;
 mod routes;
 mod server;
+pub mod tls;
 
 pub use body::ResponseBody;
+pub use frontend::{ADMIN_PATHS, Endpoints, Frontend};
 pub use ready::{NotReady, Readiness};
-pub use router::handle;
+pub use router::{handle, handle_with};
 pub use server::{
     DRAIN_TIMEOUT, IDLE_TIMEOUT, Limits, WRITE_TIMEOUT, default_max_connections, serve, serve_with,
 };

@@ -7,21 +7,33 @@ use hyper::body::Body;
 
 use super::body::{self, ResponseBody};
 use super::error::{RegistryError, clip};
+use super::frontend::Frontend;
 use super::ready::Readiness;
 use super::routes::{self, Route};
 use crate::catalog::Images;
 
-/// Answers one request. Never fails: every problem becomes an OCI error
-/// response. The request body is never read (no endpoint takes one).
-/// `ready` answers `/readyz`.
+/// Answers one request as a default [`Frontend`] would (every endpoint,
+/// anonymous access). `ready` answers `/readyz`.
 pub async fn handle(
     images: &dyn Images,
     ready: &Readiness,
     req: Request<impl Body>,
 ) -> Response<ResponseBody> {
+    handle_with(images, ready, &Frontend::default(), req).await
+}
+
+/// Answers one request on a listener set up as `front`. Never fails: every
+/// problem becomes an OCI error response. The request body is never read
+/// (no endpoint takes one).
+pub async fn handle_with(
+    images: &dyn Images,
+    ready: &Readiness,
+    front: &Frontend,
+    req: Request<impl Body>,
+) -> Response<ResponseBody> {
     let started = Instant::now();
     let (parts, _body) = req.into_parts();
-    let mut resp = match route(images, ready, &parts).await {
+    let mut resp = match route(images, ready, front, &parts).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
@@ -63,6 +75,7 @@ fn route_kind(path: &str) -> &'static str {
 async fn route(
     images: &dyn Images,
     ready: &Readiness,
+    front: &Frontend,
     req: &http::request::Parts,
 ) -> Result<Response<ResponseBody>, RegistryError> {
     // Read-only: no method but GET and HEAD does anything anywhere, so it
@@ -71,6 +84,9 @@ async fn route(
         return Err(RegistryError::unsupported(&req.method));
     }
     let path = req.uri.path();
+    if !front.endpoints.serves(path) {
+        return Err(RegistryError::not_found(path));
+    }
     // Operations endpoints, outside the registry API.
     match path {
         "/metrics" => {

@@ -3,7 +3,8 @@
 //! speaks, within [`Limits`] that one client cannot exhaust.
 //!
 //! The accept loop yields a plain stream; [`serve_io`] serves any
-//! `AsyncRead + AsyncWrite` connection, so a TLS wrapper slots in between.
+//! `AsyncRead + AsyncWrite` connection: the TCP stream, or the TLS stream
+//! over it when the [`Frontend`] has TLS (HTTP/2 then by ALPN).
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -20,8 +21,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::conn::{ConnState, InFlight, Tracked, Verdict, instant_at, now_ms};
+use super::frontend::Frontend;
 use super::ready::Readiness;
-use super::router::handle;
+use super::router::handle_with;
 use crate::catalog::Images;
 use crate::metrics::{METRICS, inc};
 
@@ -84,6 +86,7 @@ pub fn default_max_connections() -> usize {
 struct Shared {
     images: Arc<dyn Images>,
     ready: Arc<Readiness>,
+    front: Arc<Frontend>,
     builder: auto::Builder<TokioExecutor>,
     limits: Limits,
     /// Wakes connections to close themselves if idle (see
@@ -98,7 +101,8 @@ pub async fn serve(
     ready: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    serve_with(listener, images, ready, Limits::default(), shutdown).await
+    let front = Arc::new(Frontend::default());
+    serve_with(listener, images, ready, front, Limits::default(), shutdown).await
 }
 
 /// Serves the registry on `listener` until `shutdown` resolves; then marks
@@ -114,6 +118,7 @@ pub async fn serve_with(
     listener: TcpListener,
     images: Arc<dyn Images>,
     ready: Arc<Readiness>,
+    front: Arc<Frontend>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
@@ -136,6 +141,7 @@ pub async fn serve_with(
     let shared = Arc::new(Shared {
         images,
         ready,
+        front,
         builder,
         limits,
         pressure: Notify::new(),
@@ -185,6 +191,9 @@ pub async fn serve_with(
         let shared = Arc::clone(&shared);
         let stop = stop_rx.clone();
         connections.spawn(async move {
+            let Some(stream) = super::tls::wrap(shared.front.tls.as_ref(), stream).await else {
+                return;
+            };
             serve_io(TokioIo::new(stream), peer, shared, stop, permit).await;
         });
     }
@@ -268,7 +277,7 @@ async fn serve_io<I>(
             let flight = InFlight::start(&state);
             let shared = Arc::clone(&shared);
             async move {
-                let resp = handle(&*shared.images, &shared.ready, req).await;
+                let resp = handle_with(&*shared.images, &shared.ready, &shared.front, req).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, flight)))
             }
         })

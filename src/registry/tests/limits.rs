@@ -26,6 +26,7 @@ async fn start(limits: Limits) -> Running {
         listener,
         Arc::new(Fake::default()),
         Arc::new(Readiness::new(None)),
+        Default::default(),
         limits,
         async {
             let _ = stopped.await;
