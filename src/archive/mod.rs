@@ -6,8 +6,10 @@
 //! zstd compressed tar (one streaming pass to index; an entry is served by
 //! decompressing up to it), and a directory (an OCI layout or Concourse
 //! folder on local disk).
+pub mod budget;
 mod detect;
 pub mod docker;
+mod guard;
 pub mod oci;
 pub mod repack;
 pub mod rootfs;
@@ -55,6 +57,9 @@ pub enum ArchiveError {
     NotAnArchive,
     #[error("{0}")]
     Format(String),
+    /// The archive costs more to index than any real image does.
+    #[error("refused archive: more than {} {} (per-archive limit)", .0.max(), .0.name())]
+    Budget(budget::Limit),
 }
 
 /// Whole-archive compression, recognized by magic bytes.
@@ -141,8 +146,15 @@ struct HashingReader<R> {
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        let read = buf.get(..n).unwrap_or_default();
+        self.hasher.update(read);
         self.count += n as u64;
+        // A decompression bomb is refused, not decompressed for ever.
+        if self.count > budget::Limit::DecompressedBytes.max() {
+            return Err(io::Error::other(ArchiveError::Budget(
+                budget::Limit::DecompressedBytes,
+            )));
+        }
         Ok(n)
     }
 }
@@ -233,7 +245,7 @@ impl Archive {
             let size = pin.size;
             let mut reader = toc::RangeReader::new(src, rt, pin, budget);
             let toc = {
-                let mut ar = tar::Archive::new(&mut reader);
+                let mut ar = tar::Archive::new(guard::HeaderGuard::new(&mut reader));
                 ar.entries_with_seek()
                     .map_err(|e| ArchiveError::Corrupt(e.to_string()))
                     .and_then(|entries| toc::walk(entries, Some(size), false, None))
@@ -301,7 +313,7 @@ impl Archive {
                 count: 0,
             };
             let toc = {
-                let mut ar = tar::Archive::new(&mut hr);
+                let mut ar = tar::Archive::new(guard::HeaderGuard::new(&mut hr));
                 let entries = ar
                     .entries()
                     .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;

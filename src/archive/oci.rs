@@ -2,11 +2,13 @@
 //! tar or a directory: skopeo/podman `oci-archive:`, BuildKit's OCI
 //! exporter, Docker ≥ 25 `docker save`, `ctr images export`. Manifests and
 //! indexes are served byte for byte, so digests and signatures stay valid.
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use super::budget::{Budget, Limit};
 use super::detect::{ArchiveRef, Blob, BlobAt, Doc, Format, FoundImage, Indexed, Root};
 use super::docker::platform;
 use super::{Archive, ArchiveError};
@@ -61,8 +63,9 @@ fn check_blob(archive: &Archive, d: &Desc) -> Result<String, ArchiveError> {
 }
 
 /// Reads a small blob (manifest, index, config) and checks its digest.
-async fn read_verified(archive: &Archive, d: &Desc) -> Result<Bytes, ArchiveError> {
+async fn read_verified(archive: &Archive, d: &Desc, ctx: &mut Ctx) -> Result<Bytes, ArchiveError> {
     let path = check_blob(archive, d)?;
+    ctx.budget.charge(Limit::DocumentBytes, d.size)?;
     let bytes = archive.read_member(&path).await?;
     let actual = Digest::of(&bytes);
     if actual != d.digest {
@@ -82,6 +85,30 @@ struct Walk {
     layers: Vec<(Digest, u64)>,
 }
 
+impl Walk {
+    /// Takes in what a child walk found; the descriptors count against
+    /// the budget, so sharing cannot multiply them unchecked.
+    fn extend(&mut self, child: &Walk, budget: &mut Budget) -> Result<(), ArchiveError> {
+        budget.charge(
+            Limit::Descriptors,
+            (child.platforms.len() + child.layers.len()) as u64,
+        )?;
+        self.digests.extend(child.digests.iter().copied());
+        self.platforms.extend(child.platforms.iter().cloned());
+        self.layers.extend(child.layers.iter().copied());
+        Ok(())
+    }
+}
+
+/// One archive's walk: the budget, and every manifest or index already
+/// walked (by digest), so a document reached again — shared by two
+/// indexes, or repeated by a hostile one — costs nothing more.
+#[derive(Default)]
+struct Ctx {
+    budget: Budget,
+    done: HashMap<Digest, Result<Arc<Walk>, String>>,
+}
+
 pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
     let raw = archive.read_member("index.json").await?;
     let top: Value = serde_json::from_slice(&raw)
@@ -95,6 +122,7 @@ pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
     };
     // Why the first entry was skipped: the error when none is usable.
     let mut skipped = None;
+    let mut ctx = Ctx::default();
     for (i, v) in list.iter().enumerate() {
         let d = match desc(v) {
             Ok(d) => d,
@@ -109,8 +137,12 @@ pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
                 continue;
             }
         };
+        ctx.budget.charge(Limit::Descriptors, 1)?;
         let mut w = Walk::default();
-        if let Err(e) = Box::pin(walk(archive, &d, v, 0, &mut ix, &mut w)).await {
+        if let Err(e) = Box::pin(walk(archive, &d, v, 0, &mut ix, &mut w, &mut ctx)).await {
+            if let ArchiveError::Budget(_) = e {
+                return Err(e);
+            }
             tracing::warn!(
                 archive = archive.describe(),
                 "index.json entry {i} ({}) skipped: {e}",
@@ -143,7 +175,8 @@ pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
     Ok(ix)
 }
 
-/// Loads the manifest or index `d` and everything it references.
+/// Loads the manifest or index `d` and everything it references, once
+/// per archive: a document walked before adds what it found then.
 async fn walk(
     archive: &Archive,
     d: &Desc,
@@ -151,11 +184,47 @@ async fn walk(
     depth: usize,
     ix: &mut Indexed,
     w: &mut Walk,
+    ctx: &mut Ctx,
+) -> Result<(), ArchiveError> {
+    ctx.budget.charge(Limit::Visits, 1)?;
+    if let Some(done) = ctx.done.get(&d.digest) {
+        return match done {
+            Ok(found) => {
+                let found = found.clone();
+                w.extend(&found, &mut ctx.budget)
+            }
+            Err(why) => Err(ArchiveError::Format(why.clone())),
+        };
+    }
+    let mut mine = Walk::default();
+    let r = Box::pin(walk_new(archive, d, raw_desc, depth, ix, &mut mine, ctx)).await;
+    match r {
+        Ok(()) => {
+            w.extend(&mine, &mut ctx.budget)?;
+            ctx.done.insert(d.digest, Ok(Arc::new(mine)));
+            Ok(())
+        }
+        Err(e @ ArchiveError::Budget(_)) => Err(e),
+        Err(e) => {
+            ctx.done.insert(d.digest, Err(e.to_string()));
+            Err(e)
+        }
+    }
+}
+
+async fn walk_new(
+    archive: &Archive,
+    d: &Desc,
+    raw_desc: &Value,
+    depth: usize,
+    ix: &mut Indexed,
+    w: &mut Walk,
+    ctx: &mut Ctx,
 ) -> Result<(), ArchiveError> {
     if depth > MAX_DEPTH {
         return Err(ArchiveError::Format("indexes nest too deeply".into()));
     }
-    let bytes = read_verified(archive, d).await?;
+    let bytes = read_verified(archive, d, ctx).await?;
     let doc: Value = serde_json::from_slice(&bytes).map_err(|e| {
         ArchiveError::Format(format!("manifest {} is not valid JSON: {e}", d.digest))
     })?;
@@ -170,7 +239,9 @@ async fn walk(
             .as_array()
             .ok_or_else(|| ArchiveError::Format(format!("index {} has no manifests", d.digest)))?;
         let mut present = 0;
+        let mut seen = HashSet::new();
         for c in children {
+            ctx.budget.charge(Limit::Descriptors, 1)?;
             let Ok(cd) = desc(c) else {
                 tracing::debug!(
                     archive = archive.describe(),
@@ -182,14 +253,17 @@ async fn walk(
             // Exports of one platform keep the full index; serve it and
             // the children that are there. A child that fails part way
             // adds nothing to what the image lists.
+            // A child listed twice is one child.
+            if !seen.insert(cd.digest) {
+                continue;
+            }
             let mut cw = Walk::default();
-            match Box::pin(walk(archive, &cd, c, depth + 1, ix, &mut cw)).await {
+            match Box::pin(walk(archive, &cd, c, depth + 1, ix, &mut cw, ctx)).await {
                 Ok(()) => {
                     present += 1;
-                    w.digests.extend(cw.digests);
-                    w.platforms.extend(cw.platforms);
-                    w.layers.extend(cw.layers);
+                    w.extend(&cw, &mut ctx.budget)?;
                 }
+                Err(e @ ArchiveError::Budget(_)) => return Err(e),
                 Err(e) => tracing::debug!(
                     archive = archive.describe(),
                     "index child {} not served: {e}",
@@ -205,7 +279,7 @@ async fn walk(
         }
     } else if media::is_manifest(&media_type) {
         let cd = desc(&doc["config"])?;
-        let config = read_verified(archive, &cd).await?;
+        let config = read_verified(archive, &cd, ctx).await?;
         let cv: Value = serde_json::from_slice(&config).unwrap_or(Value::Null);
         let pf = &raw_desc["platform"];
         w.platforms.push(platform(
@@ -222,6 +296,7 @@ async fn walk(
             },
         );
         for l in doc["layers"].as_array().into_iter().flatten() {
+            ctx.budget.charge(Limit::Descriptors, 1)?;
             let ld = desc(l)?;
             // Non-distributable layers may be absent; clients fetch them
             // from their URLs.

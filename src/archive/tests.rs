@@ -1657,3 +1657,96 @@ async fn a_saved_index_of_a_real_archive_checks_out() {
     let e = super::saved::check(layout, &a.stat, &toc, &wrong).unwrap_err();
     assert!(e.to_string().contains("bytes where it lives"), "{e}");
 }
+
+// ---------------------------------------------------------------------------
+// Header records the `tar` crate would buffer or misread
+
+/// The archive as a plain tar (range walk) and gzipped (streamed walk).
+async fn both_walks(tmp: &Path, bytes: &[u8]) -> Vec<Result<Arc<Archive>, ArchiveError>> {
+    vec![
+        open(tmp, "t.tar", bytes).await,
+        open(tmp, "t.tar.gz", &gzip(bytes).await).await,
+    ]
+}
+
+/// A raw PAX `x` entry holding exactly `data`, before a regular file.
+fn raw_pax_then_file(data: &[u8]) -> Vec<u8> {
+    let mut t = Tar::new();
+    let mut h = header(data.len() as u64, tar::EntryType::XHeader);
+    h.set_path("PaxHeaders/f").unwrap();
+    h.set_cksum();
+    t.0.append(&h, data).unwrap();
+    t.file("f.bin", &[1u8; 10]).file("after.json", b"{}");
+    t.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_pax_and_long_name_records_are_refused_before_they_are_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = vec![b'a'; 2 << 20];
+    let mut t = Tar::new();
+    t.pax(&[("comment", &big[..])]).file("f.bin", b"x");
+    let mut l = Tar::new();
+    l.file(std::str::from_utf8(&big).unwrap(), b"x");
+    for bytes in [t.finish(), l.finish()] {
+        for r in both_walks(tmp.path(), &bytes).await {
+            let err = r.unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("PAX/long-name header record") && text.contains("per-archive limit"),
+                "{text}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_or_overflowing_pax_records_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&[u8], &str); 4] = [
+        (b"99 path=a\n", "runs past the header"),
+        (
+            b"39 size=999999999999999999999999999999\n",
+            "not a number that fits",
+        ),
+        (b"10 uid=-1\n", "not a number that fits"),
+        (b"10 path=ab\n", "does not end in a newline"),
+    ];
+    for (data, want) in cases {
+        for r in both_walks(tmp.path(), &raw_pax_then_file(data)).await {
+            let err = r.unwrap_err();
+            assert!(matches!(err, ArchiveError::Hostile(_)), "{err:?}");
+            assert!(err.to_string().contains(want), "{want}: {err}");
+        }
+    }
+    // Well-formed records still work, on both walks.
+    for r in both_walks(tmp.path(), &raw_pax_then_file(b"11 size=10\n10 uid=42\n")).await {
+        let a = r.unwrap();
+        assert_eq!(a.member("f.bin").unwrap().meta.uid, 42);
+        assert_eq!(member_bytes(&a, "after.json").await, b"{}");
+    }
+}
+
+/// An index repeating one child 1,000 times at two levels (10⁶ paths from
+/// a few hundred KB) is walked once per document: indexed at once, each
+/// image listing its one platform once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_index_fan_out_is_walked_once_per_document() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let m = l.image("amd64", &layer_tar(&[("a", b"a")]));
+    let inner = l.nested_index(vec![m.clone(); 1000]);
+    let outer = l.nested_index(vec![inner; 1000]);
+    l.index_json(
+        (0..20)
+            .map(|i| named(outer.clone(), &format!("v{i}")))
+            .collect(),
+    );
+    let a = open(tmp.path(), "fan.tar", &l.tar()).await.unwrap();
+    let ix = index_default(&a).await.unwrap();
+    assert_eq!(ix.images.len(), 20);
+    for img in &ix.images {
+        assert_eq!(img.platforms, ["linux/amd64"]);
+        assert_eq!(img.layers.len(), 1);
+    }
+}

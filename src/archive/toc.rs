@@ -297,7 +297,10 @@ pub(crate) fn walk<R: Read>(
     let mut toc = Toc::default();
     let mut captured_total = 0u64;
     for entry in entries {
-        let mut entry = entry.map_err(|e| ArchiveError::Corrupt(format!("bad tar header: {e}")))?;
+        let mut entry = entry.map_err(|e| match super::guard::refusal(e) {
+            Ok(refused) => refused,
+            Err(e) => ArchiveError::Corrupt(format!("bad tar header: {e}")),
+        })?;
         let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let name = normalize(&raw_name)?;
         let size = entry.size();
