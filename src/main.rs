@@ -430,7 +430,7 @@ async fn serve_specs(arg: &str) -> Result<Vec<ImageSpec>, String> {
             only_name: only,
             config: ImageConfig::default(),
             options: Default::default(),
-            origin: format!("argument {arg:?}"),
+            origin: format!("argument {:?}", cartorio::source::Redacted(arg)),
         };
     if let Some((name, tag, path)) = named {
         return Ok(vec![spec(name, tag.map(|t| vec![t]), None, path)]);
@@ -441,10 +441,10 @@ async fn serve_specs(arg: &str) -> Result<Vec<ImageSpec>, String> {
     let ar = location
         .open_archive()
         .await
-        .map_err(|e| format!("{arg}: {e}"))?;
+        .map_err(|e| format!("{}: {e}", cartorio::source::Redacted(arg)))?;
     let ix = archive::index(&ar, &ImageConfig::default())
         .await
-        .map_err(|e| format!("{arg}: {e}"))?;
+        .map_err(|e| format!("{}: {e}", cartorio::source::Redacted(arg)))?;
     let mut names: Vec<RepoName> = ix
         .images
         .iter()
@@ -455,7 +455,8 @@ async fn serve_specs(arg: &str) -> Result<Vec<ImageSpec>, String> {
     names.dedup();
     if names.is_empty() {
         return Err(format!(
-            "{arg}: the archive records no image name; give one as NAME=PATH"
+            "{}: the archive records no image name; give one as NAME=PATH",
+            cartorio::source::Redacted(arg)
         ));
     }
     Ok(names

@@ -191,3 +191,152 @@ fn idle_connections_and_stalled_readers_are_closed_and_their_fds_freed() {
     assert_eq!(r.status, 200);
     assert_eq!(sha256(&r.body), layer);
 }
+
+/// A bare HTTP/1.1 upstream on 127.0.0.1 answering by path: `/denied…`
+/// 401, `/forbidden…` 403, `/garbage…` 4 KiB that are no archive (with
+/// ranges), anything else 404. Runs until the test process ends.
+fn upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let mut words = head.split_whitespace();
+                let method = words.next().unwrap_or("").to_string();
+                let path = words.next().unwrap_or("").to_string();
+                let garbage = vec![0x5au8; 4096];
+                let range = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("range: bytes=")
+                            .map(str::to_string)
+                    })
+                    .and_then(|r| {
+                        let (a, b) = r.trim().split_once('-')?;
+                        let a: usize = a.parse().ok()?;
+                        let b: usize = b.parse().unwrap_or(garbage.len() - 1);
+                        Some((a.min(garbage.len() - 1), b.min(garbage.len() - 1)))
+                    });
+                let (status, body): (&str, Vec<u8>) = if path.starts_with("/denied") {
+                    ("401 Unauthorized", b"no".to_vec())
+                } else if path.starts_with("/forbidden") {
+                    ("403 Forbidden", b"no".to_vec())
+                } else if path.starts_with("/garbage") {
+                    match range {
+                        Some((a, b)) => ("206 Partial Content", garbage[a..=b].to_vec()),
+                        None => ("200 OK", garbage.clone()),
+                    }
+                } else {
+                    ("404 Not Found", b"none".to_vec())
+                };
+                let mut out = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: \"g1\"\r\nAccept-Ranges: bytes\r\nConnection: close\r\n",
+                    body.len()
+                );
+                if let Some((a, b)) = range.filter(|_| status.starts_with("206")) {
+                    out.push_str(&format!(
+                        "Content-Range: bytes {a}-{b}/{}\r\n",
+                        garbage.len()
+                    ));
+                }
+                out.push_str("\r\n");
+                let _ = conn.write_all(out.as_bytes());
+                if method != "HEAD" {
+                    let _ = conn.write_all(&body);
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn no_secret_reaches_a_client_or_the_log() {
+    if !e2e("no_secret_reaches_a_client_or_the_log") {
+        return;
+    }
+    const SECRETS: [&str; 4] = ["S3CRETPW", "TOPSECRET", "HEADERSECRET", "alice"];
+    let port = upstream();
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let url = |port: u16, path: &str| {
+        format!("http://alice:S3CRETPW@127.0.0.1:{port}/{path}?X-Amz-Signature=TOPSECRET")
+    };
+    let image = |name: &str, source: String| {
+        let tags = if name.contains('{') {
+            ""
+        } else {
+            "tags = [\"v1\"]\n"
+        };
+        format!(
+            "[[image]]\nname = \"{name}\"\nsource = {}\n{tags}\
+             [image.http]\nheaders = {{ Authorization = \"Bearer HEADERSECRET\" }}\nattempts = 1\n",
+            toml_str(&source)
+        )
+    };
+    let config = [
+        // Static sources are looked at on start-up (and must answer);
+        // templated routes only on request.
+        image("down/{repo}", url(down, "{repo}.tar")),
+        image("denied/{repo}", url(port, "denied/{repo}.tar")),
+        image("forbidden/{repo}", url(port, "forbidden/{repo}.tar")),
+        image("garbage/{repo}", url(port, "garbage/{repo}.tar")),
+        image("builds/{repo}", url(port, "builds/{repo}/{tag}.tar")),
+    ]
+    .concat();
+    let tmp = tempdir();
+    let server = Server::try_start_env(
+        &[
+            "proxy",
+            "--config",
+            write_config(tmp.path(), &config).to_str().expect("path"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("RUST_LOG", "debug")],
+    )
+    .unwrap_or_else(|(status, stderr)| panic!("did not start ({status}):\n{stderr}"));
+    let cases = [
+        ("/v2/down/app/manifests/v1", 502),
+        ("/v2/denied/app/manifests/v1", 502),
+        ("/v2/forbidden/app/manifests/v1", 502),
+        ("/v2/garbage/app/manifests/v1", 500),
+        ("/v2/builds/team/app/manifests/1", 404),
+        // Over HTTP, tags/list shows the tags pulled so far: none.
+        ("/v2/down/app/tags/list", 200),
+    ];
+    for (path, status) in cases {
+        let r = http("GET", &server.url(path), &[ACCEPT_MANIFESTS]);
+        let body = r.text();
+        assert_eq!(r.status, status, "{path}: {body}");
+        for s in SECRETS {
+            assert!(!body.contains(s), "{s} in the answer to {path}: {body}");
+        }
+    }
+    let r = http("GET", &server.url("/metrics"), &[]);
+    for s in SECRETS {
+        assert!(!r.text().contains(s), "{s} in /metrics");
+    }
+    let stderr = server.stderr();
+    for s in SECRETS {
+        assert!(!stderr.contains(s), "{s} in the log:\n{stderr}");
+    }
+    // The log still says which source failed, redacted.
+    assert!(
+        stderr.contains(&format!("http://***@127.0.0.1:{port}/denied/app.tar?***")),
+        "{stderr}"
+    );
+}

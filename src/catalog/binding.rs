@@ -14,7 +14,7 @@ use crate::cache::{BlobCache, CacheSpill, IndexStore};
 use crate::config::ImageSpec;
 use crate::image::{Digest, Tag};
 use crate::metrics::{METRICS, inc};
-use crate::source::{Source, SourceError, SourceOptions, Sources, Stat};
+use crate::source::{Redacted, Source, SourceError, SourceOptions, Sources, Stat};
 
 /// Where an archive is: a tar behind a source, or a local directory.
 #[derive(Debug, Clone)]
@@ -279,7 +279,7 @@ impl Binding {
         match &r {
             Ok(l) => tracing::info!(
                 image = %self.spec.name,
-                source = self.spec.source,
+                source = %Redacted(&self.spec.source),
                 format = ?l.indexed.format,
                 tags = ?l.tags.keys().map(Tag::as_str).collect::<Vec<_>>(),
                 bytes_read = l.archive.fetched,
@@ -287,7 +287,7 @@ impl Binding {
             ),
             Err(e) => {
                 inc(&METRICS.index_failures);
-                tracing::error!(image = %self.spec.name, source = self.spec.source, "cannot serve: {e}")
+                tracing::error!(image = %self.spec.name, source = %Redacted(&self.spec.source), "cannot serve: {}", Redacted(&e.to_string()))
             }
         }
         self.store(Snapshot {
@@ -320,7 +320,7 @@ impl Binding {
                 &self.index_settings(),
             ));
         }
-        tracing::warn!(image = %self.spec.name, source = self.spec.source, "seek points failed: indexing again");
+        tracing::warn!(image = %self.spec.name, source = %Redacted(&self.spec.source), "seek points failed: indexing again");
         true
     }
 

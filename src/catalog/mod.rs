@@ -363,7 +363,7 @@ impl Images for Catalog {
                             }
                         }
                         Err(e) if e.missing => {}
-                        Err(e) => broken = Some((b.spec.source.clone(), e)),
+                        Err(e) => broken = Some((crate::source::redact(&b.spec.source), e)),
                     }
                 }
                 match (hit, broken) {

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::body::{self, ResponseBody};
 use crate::catalog::CatalogError;
+use crate::source::Redacted;
 
 /// One OCI error, ready to render. Every failure path in the registry ends
 /// as one of these, so the client always gets the spec's error shape.
@@ -17,11 +18,14 @@ pub struct RegistryError {
     pub code: &'static str,
     pub message: String,
     pub detail: Option<serde_json::Value>,
+    /// What the operator's log gets instead of `message`, when the client
+    /// must not see it (a source's URL, an archive's path).
+    pub log: Option<String>,
 }
 
 /// Longest piece of client input echoed back in a message, so a hostile
 /// 60 KiB path does not come back (or go into the log) whole.
-const MAX_ECHO: usize = 200;
+pub const MAX_ECHO: usize = 256;
 
 /// `s` for a message, cut to a sane length.
 pub fn clip(s: &str) -> String {
@@ -42,7 +46,28 @@ impl RegistryError {
             code,
             message: message.into(),
             detail: None,
+            log: None,
         }
+    }
+
+    fn logged_as(mut self, log: String) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Names the image a server-side failure is about (`app:v1`), for
+    /// errors whose message names none.
+    pub fn for_image(mut self, name: &str, reference: Option<&str>) -> Self {
+        if self.log.is_some() {
+            let image = match reference {
+                Some(r) if r.starts_with("sha256:") => format!("{name}@{}", clip(r)),
+                Some(r) => format!("{name}:{}", clip(r)),
+                None => name.to_string(),
+            };
+            self.message = format!("{image}: {}", self.message);
+            self.log = self.log.map(|l| format!("{image}: {l}"));
+        }
+        self
     }
 
     pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
@@ -79,17 +104,21 @@ impl RegistryError {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "UNSUPPORTED",
-            format!("{method} is not supported: this registry is read-only"),
+            format!(
+                "{} is not supported: this registry is read-only",
+                clip(method.as_str())
+            ),
         )
     }
 
     /// The response, logging the error on the way: 5xx are the operator's
     /// problem (warn), 4xx the client's (debug).
     pub fn into_response(self) -> Response<ResponseBody> {
+        let logged = self.log.as_deref().unwrap_or(&self.message);
         if self.status.is_server_error() {
-            tracing::warn!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
+            tracing::warn!(status = self.status.as_u16(), code = self.code, message = %logged, "request failed");
         } else {
-            tracing::debug!(status = self.status.as_u16(), code = self.code, message = %self.message, "request refused");
+            tracing::debug!(status = self.status.as_u16(), code = self.code, message = %logged, "request refused");
         }
         let mut entry = json!({ "code": self.code, "message": self.message });
         if let Some(detail) = self.detail {
@@ -113,29 +142,54 @@ impl RegistryError {
 
 impl From<CatalogError> for RegistryError {
     fn from(e: CatalogError) -> Self {
+        // Names and references come from the client: echoed clipped.
         let message = e.to_string();
         match e {
             CatalogError::NameUnknown(name) => {
-                Self::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message)
-                    .with_detail(json!({ "name": name.as_str() }))
+                let name = clip(name.as_str());
+                Self::new(
+                    StatusCode::NOT_FOUND,
+                    "NAME_UNKNOWN",
+                    format!("repository {name} is not known"),
+                )
+                .with_detail(json!({ "name": name }))
             }
             CatalogError::ManifestUnknown(name, reference) => {
-                Self::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message).with_detail(
-                    json!({ "name": name.as_str(), "reference": reference.to_string() }),
+                let (name, reference) = (clip(name.as_str()), clip(&reference.to_string()));
+                Self::new(
+                    StatusCode::NOT_FOUND,
+                    "MANIFEST_UNKNOWN",
+                    format!("manifest {reference} is not known in repository {name}"),
                 )
+                .with_detail(json!({ "name": name, "reference": reference }))
             }
             CatalogError::BlobUnknown(name, digest) => {
-                Self::new(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", message)
-                    .with_detail(json!({ "name": name.as_str(), "digest": digest.to_string() }))
+                let name = clip(name.as_str());
+                Self::new(
+                    StatusCode::NOT_FOUND,
+                    "BLOB_UNKNOWN",
+                    format!("blob {digest} is not known in repository {name}"),
+                )
+                .with_detail(json!({ "name": name, "digest": digest.to_string() }))
             }
             // The spec has no code for server-side failures; UNKNOWN is
-            // what distribution sends.
-            CatalogError::Broken(..) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", message)
-            }
+            // what distribution sends. The client learns which image failed
+            // and how (see `for_image`), never where its archive lives: a
+            // source URL may carry credentials; the log has the rest.
+            CatalogError::Broken(..) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                "the image's archive cannot be served (the server log says why)",
+            )
+            .logged_as(Redacted(&message).to_string()),
             // The archive's home failed, not us: a gateway error tells the
             // operator where to look and lets clients retry.
-            CatalogError::Source(..) => Self::new(StatusCode::BAD_GATEWAY, "UNKNOWN", message),
+            CatalogError::Source(..) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "UNKNOWN",
+                "the image's source failed (the server log says why)",
+            )
+            .logged_as(Redacted(&message).to_string()),
         }
     }
 }

@@ -104,14 +104,20 @@ async fn route(
         (Route::Base, _) => Ok(routes::base::get()),
         (Route::Catalog, _) => Ok(routes::catalog::get(images, req).await),
         (Route::Manifest { reference, .. }, Some(name)) => {
-            routes::manifests::get(images, &name, reference, req).await
+            routes::manifests::get(images, &name, reference, req)
+                .await
+                .map_err(|e| e.for_image(name.as_str(), Some(reference)))
         }
-        (Route::Blob { digest, .. }, Some(name)) => {
-            routes::blobs::get(images, &name, digest, req).await
-        }
-        (Route::Tags { .. }, Some(name)) => routes::tags::get(images, &name, req).await,
+        (Route::Blob { digest, .. }, Some(name)) => routes::blobs::get(images, &name, digest, req)
+            .await
+            .map_err(|e| e.for_image(name.as_str(), Some(digest))),
+        (Route::Tags { .. }, Some(name)) => routes::tags::get(images, &name, req)
+            .await
+            .map_err(|e| e.for_image(name.as_str(), None)),
         (Route::Referrers { digest, .. }, Some(name)) => {
-            routes::referrers::get(images, &name, digest, req).await
+            routes::referrers::get(images, &name, digest, req)
+                .await
+                .map_err(|e| e.for_image(name.as_str(), Some(digest)))
         }
         (Route::Upload { .. }, Some(_)) => Err(RegistryError::new(
             StatusCode::NOT_FOUND,

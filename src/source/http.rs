@@ -53,9 +53,10 @@ pub(super) fn build_client(opts: &HttpOptions) -> Result<Client, String> {
 /// An object behind an HTTP(S) URL.
 #[derive(Clone)]
 pub struct HttpSource {
-    url: String,
-    /// The URL without its query (which may hold a presigned signature),
-    /// for errors and logs.
+    /// The URL as configured, secrets included: only requests see it.
+    request_url: String,
+    /// The URL redacted (no userinfo, no query, which may hold a presigned
+    /// signature): for errors, logs and index keys.
     shown: String,
     client: Client,
     attempts: u32,
@@ -140,14 +141,6 @@ fn content_length(r: &Response) -> Option<u64> {
     header_str(r, &header::CONTENT_LENGTH)?.trim().parse().ok()
 }
 
-/// The URL without its query string.
-fn without_query(url: &str) -> String {
-    match url.split_once('?') {
-        Some((u, _)) => format!("{u}?…"),
-        None => url.to_string(),
-    }
-}
-
 impl HttpSource {
     pub(super) fn new(
         url: &str,
@@ -156,8 +149,8 @@ impl HttpSource {
     ) -> Result<HttpSource, SourceError> {
         reqwest::Url::parse(url).map_err(|e| SourceError::io(url, e))?;
         Ok(HttpSource {
-            url: url.to_string(),
-            shown: without_query(url),
+            request_url: url.to_string(),
+            shown: super::redact(url),
             client,
             attempts: opts.attempts.unwrap_or(DEFAULT_ATTEMPTS).max(1),
             backoff: Duration::from_millis(opts.retry_backoff_ms.unwrap_or(DEFAULT_BACKOFF_MS)),
@@ -182,7 +175,7 @@ impl HttpSource {
     ) -> Result<Response, SourceError> {
         let mut attempt = 0;
         loop {
-            let mut req = self.client.request(method.clone(), &self.url);
+            let mut req = self.client.request(method.clone(), &self.request_url);
             if let Some((start, end)) = range {
                 let v = match end {
                     Some(end) => format!("bytes={start}-{end}"),
@@ -200,7 +193,7 @@ impl HttpSource {
                 }
                 Ok(r) => return Ok(r),
                 Err(e) if !last && (e.is_connect() || e.is_timeout() || e.is_request()) => {
-                    tracing::debug!(url = %self.shown, error = %e, attempt, "retrying");
+                    tracing::debug!(url = %self.shown, error = %super::Redacted(&e.to_string()), attempt, "retrying");
                 }
                 Err(e) => return Err(self.io(error_chain(&e))),
             }
@@ -393,7 +386,7 @@ impl Streaming {
                 self.done = true;
                 return Some(Err(io::Error::other(self.src.io(failure))));
             }
-            tracing::debug!(url = %self.src.shown, pos = self.pos, error = %failure, "resuming");
+            tracing::debug!(url = %self.src.shown, pos = self.pos, error = %super::Redacted(&failure), "resuming");
             tokio::time::sleep(self.src.backoff(self.resumes)).await;
             self.resumes += 1;
             match self.src.get(self.pos, self.end, self.pin.as_ref()).await {
@@ -416,7 +409,7 @@ impl Streaming {
 #[async_trait::async_trait]
 impl Source for HttpSource {
     fn url(&self) -> &str {
-        &self.url
+        &self.shown
     }
 
     async fn stat(&self) -> Result<Stat, SourceError> {
@@ -509,7 +502,7 @@ impl Source for HttpSource {
                 Ok(b) => return Ok(b),
                 // A small read: ask again rather than resume.
                 Err(e) if attempt + 1 < self.attempts => {
-                    tracing::debug!(url = %self.shown, error = %error_chain(&e), "retrying range");
+                    tracing::debug!(url = %self.shown, error = %super::Redacted(&error_chain(&e)), "retrying range");
                 }
                 Err(e) => return Err(self.io(error_chain(&e))),
             }
@@ -588,11 +581,14 @@ mod tests {
     }
 
     #[test]
-    fn hides_query() {
-        assert_eq!(
-            without_query("https://h/a?X-Amz-Signature=s"),
-            "https://h/a?…"
-        );
-        assert_eq!(without_query("https://h/a"), "https://h/a");
+    fn shows_no_secret() {
+        let s = HttpSource::new(
+            "https://u:pw@h/a?X-Amz-Signature=s",
+            Client::new(),
+            &HttpOptions::default(),
+        )
+        .expect("source");
+        assert_eq!(s.url(), "https://***@h/a?***");
+        assert!(!format!("{s:?}").contains("pw"));
     }
 }

@@ -11,6 +11,7 @@
 mod file;
 mod http;
 mod options;
+mod redact;
 mod s3;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ pub use crate::catalog::ByteStream;
 pub use file::FileSource;
 pub use http::HttpSource;
 pub use options::{HttpOptions, S3Addressing, S3Options, SourceOptions};
+pub use redact::{Redacted, redact};
 pub use s3::S3Source;
 
 /// Size and version of an object.
@@ -34,35 +36,38 @@ pub struct Stat {
     pub version: String,
 }
 
-/// Why a source could not deliver.
+/// Why a source could not deliver. Every URL and message is shown
+/// [`Redacted`]: no userinfo, no query string.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("{url}: not found")]
+    #[error("{}: not found", Redacted(.url))]
     NotFound { url: String },
-    #[error("{url}: {message}")]
+    #[error("{}: {}", Redacted(.url), Redacted(.message))]
     Io { url: String, message: String },
-    #[error("{url}: changed while being read (was {expected}, now {actual})")]
+    #[error("{}: changed while being read (was {expected}, now {actual})", Redacted(.url))]
     Changed {
         url: String,
         expected: String,
         actual: String,
     },
-    #[error("{0}: unsupported source (expected a path, file://, http://, https:// or s3:// URL)")]
+    #[error("{}: unsupported source (expected a path, file://, http://, https:// or s3:// URL)", Redacted(.0))]
     Unsupported(String),
     /// The server answered a range request with the whole object: the
     /// caller falls back to one streaming pass.
-    #[error("{url}: the server does not honour range requests")]
+    #[error("{}: the server does not honour range requests", Redacted(.url))]
     RangeUnsupported { url: String },
     /// 401/403: credentials missing or wrong. Never carries the secret.
-    #[error("{url}: access denied ({status})")]
+    #[error("{}: access denied ({status})", Redacted(.url))]
     Denied { url: String, status: u16 },
 }
 
 impl SourceError {
+    /// An I/O error; `url` and the message are redacted here already, so
+    /// not even the Debug form carries a secret.
     pub(crate) fn io(url: &str, e: impl fmt::Display) -> SourceError {
         SourceError::Io {
-            url: url.to_string(),
-            message: e.to_string(),
+            url: redact(url),
+            message: redact(&e.to_string()),
         }
     }
 }
@@ -70,7 +75,8 @@ impl SourceError {
 /// A readable object: a file, an HTTP resource or an S3 object.
 #[async_trait::async_trait]
 pub trait Source: Send + Sync + fmt::Debug + 'static {
-    /// The URL or path as the user wrote it, for logs and errors.
+    /// The URL or path as the user wrote it, [`Redacted`] (no userinfo, no
+    /// query string): for logs, errors and the keys of saved indexes.
     fn url(&self) -> &str;
 
     async fn stat(&self) -> Result<Stat, SourceError>;

@@ -18,14 +18,13 @@ pub async fn get(
     // manifest. distribution answers such paths with 404 (its routes do
     // not match them), and the spec keeps MANIFEST_INVALID for pushed
     // manifests, so: 404 MANIFEST_UNKNOWN, with the reason in the message.
-    let reference: Reference = raw_reference.parse().map_err(|e| {
+    // The parse error quotes the input whole: only the clipped input goes
+    // back.
+    let reference: Reference = raw_reference.parse().map_err(|_| {
         RegistryError::new(
             StatusCode::NOT_FOUND,
             "MANIFEST_UNKNOWN",
-            format!(
-                "{:?} is not a tag or sha256 digest: {e}",
-                clip(raw_reference)
-            ),
+            format!("{:?} is not a tag or sha256 digest", clip(raw_reference)),
         )
     })?;
     let accept = accept_values(&req.headers);

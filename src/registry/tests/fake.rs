@@ -16,6 +16,8 @@ pub const BLOB: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
 /// The size the liar blob claims; its stream fails after `LIAR_GOOD` bytes.
 pub const LIAR_SIZE: usize = 100;
 pub const LIAR_GOOD: usize = 40;
+/// Where the failing images live, as a config could write it.
+pub const SECRET_URL: &str = "http://alice:S3CRETPW@10.0.0.1/x.tar?X-Amz-Signature=TOPSECRET";
 pub const TAGS: [&str; 5] = ["latest", "v1", "v2", "v3", "v10"];
 
 pub fn manifest_digest() -> Digest {
@@ -68,13 +70,14 @@ impl Fake {
     fn known(repo: &RepoName) -> Result<(), CatalogError> {
         match repo.as_str() {
             REPO => Ok(()),
+            // As the catalog labels them: by source URL, with secrets.
             "broken/img" => Err(CatalogError::Broken(
-                "broken/img:latest".into(),
-                "truncated archive".into(),
+                SECRET_URL.into(),
+                format!("{SECRET_URL}: truncated archive"),
             )),
             "remote/img" => Err(CatalogError::Source(
-                "remote/img".into(),
-                "connection refused".into(),
+                SECRET_URL.into(),
+                format!("error sending request for url ({SECRET_URL}): connection refused"),
             )),
             _ => Err(CatalogError::NameUnknown(repo.clone())),
         }

@@ -7,6 +7,7 @@ mod listing;
 mod manifests;
 mod ready;
 mod routing;
+mod secrets;
 mod socket;
 
 use bytes::Bytes;
