@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use cartorio::archive::{self, ArchiveRef, Container, Root};
+use cartorio::archive::{self, Archive, ArchiveRef, Container, Root};
 use cartorio::cache::BlobCache;
 use cartorio::catalog::{Catalog, DEFAULT_REVALIDATE, Location};
 use cartorio::config::{CacheConfig, Config, DEFAULT_LISTEN, ImageSpec};
@@ -70,6 +70,16 @@ enum Command {
         /// Also stat each static source (files, HTTP HEAD, S3 HEAD).
         #[arg(long)]
         reach: bool,
+    },
+    /// Index an archive once and write its sidecar (TOC, documents,
+    /// digests, seek points), to publish next to it as
+    /// `SOURCE.cartorio-index`: cartorio then reads that instead of
+    /// walking (or decompressing) the archive.
+    Index {
+        source: String,
+        /// Where to write [default: SOURCE.cartorio-index for a local path]
+        #[arg(short = 'o', long = "output")]
+        output: Option<String>,
     },
     /// Show what cartorio would serve from an archive.
     Inspect {
@@ -265,6 +275,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             serve(catalog, ready, &listen, limits.limits(), front).await
         }
         Command::Inspect { path, json } => inspect(&path, json).await,
+        Command::Index { source, output } => index_sidecar(&source, output).await,
         Command::Check { config, reach } => {
             print!("{}", cartorio::check::check(&config, reach).await?);
             Ok(())
@@ -463,6 +474,49 @@ async fn serve_specs(arg: &str) -> Result<Vec<ImageSpec>, String> {
         .into_iter()
         .map(|n| spec(n.clone(), None, Some(n), arg))
         .collect())
+}
+
+async fn index_sidecar(path: &str, output: Option<String>) -> Result<(), String> {
+    use cartorio::catalog::sidecar;
+    let out = match output {
+        Some(o) => o,
+        None if !path.contains("://") => sidecar::default_url(path),
+        None => {
+            return Err(format!(
+                "{path} is not a local path: say where to write with -o FILE"
+            ));
+        }
+    };
+    let source = Sources::new()
+        .open(path, &Default::default(), None)
+        .map_err(|e| e.to_string())?;
+    let mut ar = Archive::open(source.clone())
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    let config = ImageConfig::default();
+    let ix = {
+        let shared = std::sync::Arc::new(ar);
+        let ix = archive::index(&shared, &config)
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
+        ar = std::sync::Arc::try_unwrap(shared)
+            .map_err(|_| "the archive is still shared".to_string())?;
+        ix
+    };
+    ar.toc.retain(&ix.members());
+    let settings = serde_json::to_string(&config).map_err(|e| e.to_string())?;
+    let bytes = sidecar::write(&ar, &ix, &settings, &source)
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    std::fs::write(&out, &bytes).map_err(|e| format!("{out}: {e}"))?;
+    println!(
+        "{out}: {} bytes ({} seek points, {} images) for {} bytes of archive",
+        bytes.len(),
+        ar.seek.points.as_ref().map_or(0, |p| p.points().len()),
+        ix.images.len(),
+        ar.stat.size
+    );
+    Ok(())
 }
 
 async fn inspect(path: &str, json: bool) -> Result<(), String> {

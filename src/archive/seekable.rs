@@ -31,14 +31,86 @@ pub struct SeekState {
     /// (saved index or sidecar) do not belong to these bytes, and the
     /// index is rebuilt.
     failed: Arc<AtomicBool>,
+    /// Points still in a sidecar, fetched by the first read that needs them.
+    lazy: Option<Arc<LazyPoints>>,
+}
+
+/// Where a sidecar keeps the points, and their checksum.
+#[derive(Debug)]
+struct LazyPoints {
+    sidecar: Arc<dyn Source>,
+    stat: Stat,
+    offset: u64,
+    len: u64,
+    sha256: [u8; 32],
+    cell: tokio::sync::OnceCell<Option<Arc<Points>>>,
+}
+
+impl LazyPoints {
+    async fn get(&self, archive_size: u64) -> Option<Arc<Points>> {
+        self.cell
+            .get_or_init(|| async {
+                let r = match self
+                    .sidecar
+                    .read_range(self.offset, self.len, Some(&self.stat))
+                    .await
+                {
+                    Ok(b) if b.len() as u64 != self.len => Err("truncated".to_string()),
+                    Ok(b) if crate::image::Digest::of(&b).hex() != hex::encode(self.sha256) => {
+                        Err("checksum mismatch".to_string())
+                    }
+                    Ok(b) => Points::decode(&b, archive_size).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match r {
+                    Ok(p) => Some(Arc::new(p)),
+                    Err(e) => {
+                        tracing::warn!(
+                            sidecar = self.sidecar.url(),
+                            "sidecar seek points not used: {e}"
+                        );
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()
+    }
 }
 
 impl SeekState {
     pub fn new(points: Option<Points>) -> SeekState {
         SeekState {
             points: points.map(Arc::new),
-            failed: Arc::default(),
+            ..SeekState::default()
         }
+    }
+
+    /// Points kept in a sidecar at `offset..offset + len`, to be checked
+    /// against `sha256` and fetched when first needed.
+    pub fn lazy(
+        sidecar: Arc<dyn Source>,
+        stat: Stat,
+        offset: u64,
+        len: u64,
+        sha256: [u8; 32],
+    ) -> SeekState {
+        SeekState {
+            lazy: Some(Arc::new(LazyPoints {
+                sidecar,
+                stat,
+                offset,
+                len,
+                sha256,
+                cell: tokio::sync::OnceCell::new(),
+            })),
+            ..SeekState::default()
+        }
+    }
+
+    /// Whether the points come from a sidecar.
+    pub fn is_lazy(&self) -> bool {
+        self.lazy.is_some()
     }
 
     pub fn failed(&self) -> bool {
@@ -65,7 +137,12 @@ impl SeekState {
         len: u64,
     ) -> Result<ByteStream, ArchiveError> {
         let codec = compression.codec();
-        let point = match &self.points {
+        let points = match (&self.points, &self.lazy) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(l)) => l.get(stat.size).await,
+            (None, None) => None,
+        };
+        let point = match points {
             Some(p) if p.codec() == codec => p.nearest(offset),
             _ => Point::start(codec),
         };

@@ -171,6 +171,10 @@ pub struct Binding {
     revalidate: Duration,
     /// Where blobs from streaming passes and saved indexes go.
     cache: Option<Arc<BlobCache>>,
+    /// A published index of the archive to try before walking it.
+    sidecar: Option<Arc<dyn Source>>,
+    /// The archive version whose sidecar proved wrong (a seek point failed).
+    sidecar_refused: std::sync::Mutex<Option<String>>,
 }
 
 impl Binding {
@@ -188,6 +192,51 @@ impl Binding {
             loading: tokio::sync::Mutex::new(()),
             revalidate,
             cache,
+            sidecar: None,
+            sidecar_refused: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Tries `sidecar` (see [`super::sidecar`]) before walking the archive.
+    pub fn with_sidecar(mut self, sidecar: Option<Arc<dyn Source>>) -> Binding {
+        self.sidecar = sidecar;
+        self
+    }
+
+    /// The archive and its images from the sidecar, when there is one
+    /// that checks out for the archive at `version`.
+    async fn load_sidecar(&self, version: &str) -> Option<(Arc<Archive>, Indexed)> {
+        let (Location::Tar(source), Some(sidecar)) = (&self.location, &self.sidecar) else {
+            return None;
+        };
+        if self.sidecar_refused.lock().ok()?.as_deref() == Some(version) {
+            return None;
+        }
+        let stat = source.stat().await.ok().filter(|s| s.version == version)?;
+        let settings = self.index_settings();
+        match super::sidecar::load(sidecar, source, &stat, &settings).await {
+            Ok((archive, indexed)) => {
+                let archive = Arc::new(archive);
+                let indexed = match indexed {
+                    Some(i) => i,
+                    // Made with other image settings: the TOC is right,
+                    // the generated images are derived again.
+                    None => match archive::index(&archive, &self.spec.config).await {
+                        Ok(i) => i,
+                        Err(e) => {
+                            tracing::warn!(image = %self.spec.name, sidecar = sidecar.url(), "sidecar ignored: {e}");
+                            return None;
+                        }
+                    },
+                };
+                tracing::info!(image = %self.spec.name, sidecar = sidecar.url(), "index read from the sidecar");
+                Some((archive, indexed))
+            }
+            Err(super::sidecar::SidecarError::Source(SourceError::NotFound { .. })) => None,
+            Err(e) => {
+                tracing::warn!(image = %self.spec.name, sidecar = sidecar.url(), "sidecar ignored, indexing the archive: {e}");
+                None
+            }
         }
     }
 
@@ -311,6 +360,11 @@ impl Binding {
         if !l.archive.seek.failed() {
             return false;
         }
+        if l.archive.seek.is_lazy()
+            && let Ok(mut r) = self.sidecar_refused.lock()
+        {
+            *r = Some(l.version.clone());
+        }
         if let (Location::Tar(source), Some(store)) =
             (&self.location, self.cache.as_ref().and_then(|c| c.index()))
         {
@@ -412,27 +466,33 @@ impl Binding {
                 inc(&METRICS.index_restores);
                 r
             }
-            None => {
-                let spill = self
-                    .cache
-                    .as_ref()
-                    .filter(|c| c.disk().is_some())
-                    .map(|c| Arc::new(CacheSpill(c.clone())) as Arc<dyn Spill>);
-                let mut archive = self
-                    .location
-                    .open_spilling(spill)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let indexed = archive::index(&archive, &self.spec.config)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                inc(&METRICS.index_loads);
-                if let Some(a) = Arc::get_mut(&mut archive) {
-                    a.toc.retain(&indexed.members());
+            None => match self.load_sidecar(&version).await {
+                Some(r) => {
+                    inc(&METRICS.index_loads);
+                    r
                 }
-                self.save(&archive, &indexed);
-                (archive, indexed)
-            }
+                None => {
+                    let spill = self
+                        .cache
+                        .as_ref()
+                        .filter(|c| c.disk().is_some())
+                        .map(|c| Arc::new(CacheSpill(c.clone())) as Arc<dyn Spill>);
+                    let mut archive = self
+                        .location
+                        .open_spilling(spill)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let indexed = archive::index(&archive, &self.spec.config)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    inc(&METRICS.index_loads);
+                    if let Some(a) = Arc::get_mut(&mut archive) {
+                        a.toc.retain(&indexed.members());
+                    }
+                    self.save(&archive, &indexed);
+                    (archive, indexed)
+                }
+            },
         };
         let tags = select_tags(&self.spec, &indexed)?;
         let mut digests: HashSet<Digest> = HashSet::new();

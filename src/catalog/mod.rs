@@ -89,6 +89,7 @@ pub trait Images: Send + Sync + 'static {
 }
 
 mod binding;
+pub mod sidecar;
 mod template;
 
 pub use binding::{Binding, DEFAULT_REVALIDATE, LoadError, Loaded, Location};
@@ -150,15 +151,10 @@ impl Catalog {
                     .await
                     .map_err(|e| format!("{}: {e}", spec.origin))?;
             }
-            repos
-                .entry(spec.name.clone())
-                .or_default()
-                .push(Arc::new(Binding::new(
-                    spec,
-                    location,
-                    revalidate,
-                    Some(cache.clone()),
-                )));
+            let sidecar = sidecar::open(&sources, &location, &spec.source, &spec.options, base);
+            repos.entry(spec.name.clone()).or_default().push(Arc::new(
+                Binding::new(spec, location, revalidate, Some(cache.clone())).with_sidecar(sidecar),
+            ));
         }
         let catalog = Catalog {
             repos,
@@ -217,12 +213,17 @@ impl Catalog {
                 };
                 let location =
                     Location::open(&self.sources, &source, &r.options, self.base.as_deref())?;
-                Ok::<_, crate::source::SourceError>(Arc::new(Binding::new(
-                    spec,
-                    location,
-                    self.revalidate,
-                    Some(self.cache.clone()),
-                )))
+                let sidecar = sidecar::open(
+                    &self.sources,
+                    &location,
+                    &source,
+                    &r.options,
+                    self.base.as_deref(),
+                );
+                Ok::<_, crate::source::SourceError>(Arc::new(
+                    Binding::new(spec, location, self.revalidate, Some(self.cache.clone()))
+                        .with_sidecar(sidecar),
+                ))
             })
             .map_err(|e| CatalogError::Source(r.origin.clone(), e.to_string()))
     }
