@@ -10,7 +10,8 @@
 //!
 //! Knobs: `REL_FAULTS` (faults to inject, default 12), `REL_FAULT_LAYER_KIB`
 //! (large layer size, default 256), `REL_DRIP_SECS` (default 2),
-//! `REL_SEED`.
+//! `REL_FAULT_PERCENT` (chance of a fault per upstream answer, default 30),
+//! `REL_FAULT_PARALLEL` (pulls at once, default 4), `REL_SEED`.
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,11 @@ async fn faults() {
     let target = knob("FAULTS", 12);
     let layer = knob("FAULT_LAYER_KIB", 256) as usize * 1024;
     let seed = knob("SEED", 13);
+    let parallel = knob("FAULT_PARALLEL", 4).max(1);
     let up = Upstream::start(seed, knob("DRIP_SECS", 2)).await;
+    up.state
+        .fault_percent
+        .store(knob("FAULT_PERCENT", 30) as u32, Ordering::Relaxed);
     let dir = tempdir();
     let cache = dir.path().join("cache");
     let config = write_config(
@@ -67,8 +72,8 @@ dir = "{}"
     let injected = |up: &Upstream| up.injected().values().sum::<u64>();
     let mut next = 0u64;
     while injected(&up) < target && next < target * 10 {
-        let batch: Vec<u64> = (next..next + 4).collect();
-        next += 4;
+        let batch: Vec<u64> = (next..next + parallel).collect();
+        next += parallel;
         let results = futures_util::stream::iter(batch)
             .map(|r| {
                 let (up, c, base) = (&up, &c, &base);
@@ -112,7 +117,7 @@ dir = "{}"
                     round
                 }
             })
-            .buffer_unordered(4)
+            .buffer_unordered(parallel as usize)
             .collect::<Vec<_>>()
             .await;
         rounds.extend(results);

@@ -37,6 +37,9 @@ pub struct Object {
     burst: AtomicU32,
     /// Bytes/s cap for every answer (0: none), to make pulls last.
     pub rate: AtomicU64,
+    /// Statuses for the next answers, in order (200: answer normally),
+    /// whether or not the object is faulty.
+    pub script: Mutex<std::collections::VecDeque<u16>>,
 }
 
 pub struct State {
@@ -95,6 +98,7 @@ impl Upstream {
             blob_ranges,
             burst: AtomicU32::new(0),
             rate: AtomicU64::new(0),
+            script: Mutex::new(Default::default()),
         });
         if let Ok(mut m) = self.state.objects.lock() {
             m.insert(path.to_string(), obj.clone());
@@ -215,6 +219,15 @@ async fn serve(st: Arc<State>, mut sock: TcpStream) -> std::io::Result<()> {
             .await;
     };
     let size = obj.data.len() as u64;
+
+    let scripted = obj.script.lock().ok().and_then(|mut q| q.pop_front());
+    if let Some(code) = scripted
+        && code != 200
+    {
+        let h =
+            format!("HTTP/1.1 {code} Scripted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        return sock.write_all(h.as_bytes()).await;
+    }
 
     // Choose this answer's fault.
     let mut fault: Option<&'static str> = None;
