@@ -543,6 +543,14 @@ const HOSTILE: &[(&str, &[&str])] = &[
         &["truncat", "unexpected end", "eof", "end of", "past", "size"],
     ),
     ("pax-size.tar", &["pax", "size"]),
+    ("manifest-symlink.tar", &["not a regular file"]),
+    ("pax-malformed.tar", &["pax record"]),
+    ("pax-overflow.tar", &["not a number that fits"]),
+    ("pax-huge.tar", &["per-archive limit"]),
+    (
+        "dup-names.tar",
+        &["named \"manifest.json\" once normalized"],
+    ),
 ];
 
 #[test]

@@ -192,6 +192,12 @@ impl Indexed {
     }
 }
 
+/// Whether a name is a legacy docker image folder's `<64 hex>/json`.
+fn is_legacy_id_json(name: &str) -> bool {
+    name.strip_suffix("/json")
+        .is_some_and(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Whether a 512-byte block is a tar header: its checksum adds up.
 pub(crate) fn looks_like_tar(block: &[u8]) -> bool {
     if block.len() < 512 {
@@ -285,7 +291,51 @@ pub async fn index(
 ) -> Result<Indexed, ArchiveError> {
     let toc = &archive.toc;
     let has = |n: &str| toc.get(n).is_some();
-    if has("oci-layout") && has("index.json") {
+    // Markers are entries stored under these exact names, whatever they
+    // are: an archive carrying one is that format or refused with its
+    // error, never served as a rootfs of the whole tar.
+    let oci = ["oci-layout", "index.json"]
+        .into_iter()
+        .find(|n| toc.entry(n).is_some());
+    let docker = ["manifest.json", "repositories"]
+        .into_iter()
+        .find(|n| toc.entry(n).is_some())
+        .or_else(|| {
+            toc.entries()
+                .iter()
+                .find(|e| is_legacy_id_json(&e.name))
+                .map(|_| "<id>/json")
+        });
+    let regular = |n: &str, format: &str| match toc.entry(n).map(|e| &e.kind) {
+        Some(EntryKind::File) => Ok(()),
+        Some(_) => Err(ArchiveError::Format(format!(
+            "{format}: {n} is not a regular file (a link, a folder or a device)"
+        ))),
+        None => Err(ArchiveError::Format(format!("{format}: no {n}"))),
+    };
+    let mut oci_ok = false;
+    if let Some(marker) = oci {
+        let checked = regular("oci-layout", "OCI layout").and(regular("index.json", "OCI layout"));
+        match checked {
+            Ok(()) => oci_ok = true,
+            Err(e) if docker.is_none() => return Err(e),
+            Err(e) => tracing::warn!(
+                archive = archive.describe(),
+                "{e} (it has {marker}); using manifest.json"
+            ),
+        }
+    }
+    if let Some(marker) = docker {
+        let checked = regular("manifest.json", "docker archive").map_err(|e| {
+            ArchiveError::Format(format!(
+                "{e} (it has {marker}; the legacy format without manifest.json is not supported)"
+            ))
+        });
+        if oci.is_none() {
+            checked?;
+        }
+    }
+    if oci_ok {
         match oci::index(archive).await {
             Ok(ix) if !ix.images.is_empty() => return Ok(ix),
             // Some `docker save` versions write an index that misses
@@ -300,7 +350,8 @@ pub async fn index(
             Err(e) => return Err(e),
         }
     }
-    if has("manifest.json") {
+    if docker.is_some() {
+        regular("manifest.json", "docker archive")?;
         return docker::index(archive).await;
     }
     if has("metadata.json")

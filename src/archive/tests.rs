@@ -1750,3 +1750,108 @@ async fn oci_index_fan_out_is_walked_once_per_document() {
         assert_eq!(img.layers.len(), 1);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Archives that look like a format must be it
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_markers_that_are_not_the_format_are_refused_not_served_as_rootfs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (docker, _, _) = simple_docker_archive();
+    let id = "a".repeat(64);
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
+    let mut t = Tar::new();
+    t.file("real.json", b"[]")
+        .symlink("manifest.json", "real.json");
+    cases.push((
+        "symlinked manifest.json",
+        t.finish(),
+        "manifest.json is not a regular file",
+    ));
+    let mut t = Tar::new();
+    t.file("real.json", b"[]")
+        .hardlink("manifest.json", "real.json");
+    cases.push((
+        "hard-linked manifest.json",
+        t.finish(),
+        "manifest.json is not a regular file",
+    ));
+    let mut t = Tar::new();
+    t.dir("manifest.json").file("manifest.json/x", b"1");
+    cases.push((
+        "manifest.json folder",
+        t.finish(),
+        "manifest.json is not a regular file",
+    ));
+    let mut t = Tar::new();
+    t.file("repositories", b"{}")
+        .file(&format!("{id}/json"), b"{}");
+    cases.push(("legacy docker", t.finish(), "legacy format"));
+    let mut t = Tar::new();
+    t.file(&format!("{id}/json"), b"{}")
+        .file(&format!("{id}/layer.tar"), b"");
+    cases.push((
+        "legacy docker without repositories",
+        t.finish(),
+        "legacy format",
+    ));
+    let mut t = Tar::new();
+    t.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    cases.push(("oci-layout alone", t.finish(), "OCI layout: no index.json"));
+    let mut t = Tar::new();
+    t.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .file("x.json", b"{}")
+        .symlink("index.json", "x.json");
+    cases.push((
+        "symlinked index.json",
+        t.finish(),
+        "index.json is not a regular file",
+    ));
+    for (what, bytes, want) in cases {
+        let a = open(tmp.path(), "t.tar", &bytes).await.unwrap();
+        let err = index_default(&a).await.unwrap_err();
+        assert!(matches!(err, ArchiveError::Format(_)), "{what}: {err:?}");
+        assert!(err.to_string().contains(want), "{what}: {err}");
+    }
+    // A valid docker archive still is one.
+    let a = open(tmp.path(), "d.tar", &docker).await.unwrap();
+    assert_eq!(
+        index_default(&a).await.unwrap().format,
+        Some(Format::DockerArchive)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_compared_as_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    // `manifest.json/.` is not `manifest.json`: no docker marker, a rootfs.
+    let mut t = Tar::new();
+    t.raw(b"manifest.json/.", tar::EntryType::Regular, b"", b"[]");
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    assert!(a.toc.get("manifest.json").is_none());
+    assert_eq!(
+        index_default(&a).await.unwrap().format,
+        Some(Format::Rootfs)
+    );
+    // Two members normalizing to one name: refused.
+    let mut t = Tar::new();
+    t.raw(b"./a.json", tar::EntryType::Regular, b"", b"1").raw(
+        b"a.json",
+        tar::EntryType::Regular,
+        b"",
+        b"2",
+    );
+    let err = open(tmp.path(), "t.tar", &t.finish()).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::Hostile(_)), "{err:?}");
+    assert!(err.to_string().contains("a.json"), "{err}");
+    // The same stored name twice is a later version (tar -r): accepted.
+    let mut t = Tar::new();
+    t.raw(b"./a.json", tar::EntryType::Regular, b"", b"1").raw(
+        b"./a.json",
+        tar::EntryType::Regular,
+        b"",
+        b"2",
+    );
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    assert_eq!(&a.read_member("a.json").await.unwrap()[..], b"2");
+}

@@ -156,6 +156,13 @@ impl Toc {
         None
     }
 
+    /// The entry stored under exactly `name` (normalized), links not
+    /// followed: what decides an archive's format.
+    pub fn entry(&self, name: &str) -> Option<&Entry> {
+        let name = normalize(name).ok()?;
+        self.entries.get(*self.by_name.get(&name)?)
+    }
+
     /// The bytes of a small file captured while walking, if it was.
     pub fn captured(&self, name: &str) -> Option<&Bytes> {
         let e = self.get(name)?;
@@ -167,22 +174,32 @@ impl Toc {
     }
 }
 
-/// Normalizes an entry name. A name that climbs out of the archive (`..`)
-/// is refused: no format needs one and it is the classic traversal attack.
+/// Normalizes an entry name: leading `./` and `/` and trailing `/` are
+/// dropped, nothing else — names are otherwise compared exactly as stored,
+/// so `manifest.json/.` is not `manifest.json`. A name that climbs out of
+/// the archive (`..`) is refused: no format needs one and it is the classic
+/// traversal attack.
 pub fn normalize(name: &str) -> Result<String, ArchiveError> {
-    let mut parts = Vec::new();
-    for c in name.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                return Err(ArchiveError::Hostile(format!(
-                    "entry name {name:?} escapes the archive"
-                )));
-            }
-            c => parts.push(c),
-        }
+    if name.split('/').any(|c| c == "..") {
+        return Err(ArchiveError::Hostile(format!(
+            "entry name {name:?} escapes the archive"
+        )));
     }
-    Ok(parts.join("/"))
+    let mut rest = name;
+    loop {
+        let next = rest.trim_start_matches('/');
+        let next = next.strip_prefix("./").unwrap_or(next);
+        if next == rest {
+            break;
+        }
+        rest = next;
+    }
+    let rest = rest.trim_end_matches('/');
+    Ok(if rest == "." {
+        String::new()
+    } else {
+        rest.to_string()
+    })
 }
 
 /// Resolves `..` in a symlink target joined to its directory; None when it
@@ -296,6 +313,15 @@ pub(crate) fn walk<R: Read>(
 ) -> Result<Toc, ArchiveError> {
     let mut toc = Toc::default();
     let mut captured_total = 0u64;
+    // A hash of each entry's raw name (by entry index): two entries whose
+    // raw names differ but normalize to one name (`./a` and `a`) are
+    // refused, since tools disagree on which one a reader sees.
+    let mut raw_names: Vec<u64> = Vec::new();
+    let raw_hash = |raw: &str| {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(raw.trim_end_matches('/'))
+    };
     for entry in entries {
         let mut entry = entry.map_err(|e| match super::guard::refusal(e) {
             Ok(refused) => refused,
@@ -341,6 +367,15 @@ pub(crate) fn walk<R: Read>(
         } else {
             EntryKind::Other
         };
+        if kind != EntryKind::Dir
+            && let Some(&i) = toc.by_name.get(&name)
+            && toc.entries.get(i).is_some_and(|e| e.kind != EntryKind::Dir)
+            && raw_names.get(i) != Some(&raw_hash(&raw_name))
+        {
+            return Err(ArchiveError::Hostile(format!(
+                "two entries are named {name:?} once normalized ({raw_name:?} is one)"
+            )));
+        }
         let h = entry.header();
         let meta = Meta {
             mode: h.mode().unwrap_or(0o644),
@@ -388,6 +423,7 @@ pub(crate) fn walk<R: Read>(
             )));
         }
         if !name.is_empty() {
+            raw_names.push(raw_hash(&raw_name));
             toc.push(Entry {
                 name,
                 kind,
