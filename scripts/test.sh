@@ -21,6 +21,7 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 declare -A TOOLS=(
   [skopeo]=skopeo [umoci]=umoci [containerd]=containerd [nginx-light]=nginx
   [zstd]=zstd [python3]=python3 [curl]=curl [tar]=tar [gzip]=gzip [openssl]=openssl
+  [apache2-utils]=htpasswd
 )
 missing=()
 for pkg in "${!TOOLS[@]}"; do

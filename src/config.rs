@@ -82,6 +82,72 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// `[auth]`: an htpasswd file, what anonymous clients may pull, and
+/// `[[auth.allow]]` rules (see `registry::auth`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub htpasswd: Option<PathBuf>,
+    pub anonymous: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow: Vec<AllowConfig>,
+}
+
+/// `[[auth.allow]] users = ["alice"] repos = ["team/*"]`; `users = ["*"]`
+/// is every user of the htpasswd file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowConfig {
+    pub users: Vec<String>,
+    pub repos: Vec<String>,
+}
+
+/// `[catalog]`: whether `/v2/_catalog` answers, and to whom.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Only authenticated users may list (default false).
+    pub authenticated: Option<bool>,
+}
+
+impl AuthConfig {
+    /// The settings these values give; patterns checked, the htpasswd path
+    /// taken from `base`.
+    pub fn settings(&self, base: &Path) -> Result<crate::registry::auth::AuthSettings, String> {
+        use crate::registry::auth::{AuthSettings, Pattern, Rule, Users};
+        let patterns = |v: &[String]| {
+            v.iter()
+                .map(|p| p.parse::<Pattern>())
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let rules = self
+            .allow
+            .iter()
+            .map(|a| {
+                Ok(Rule {
+                    users: if a.users.iter().any(|u| u == "*") {
+                        Users::Any
+                    } else {
+                        Users::Named(a.users.clone())
+                    },
+                    repos: patterns(&a.repos)?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(AuthSettings {
+            htpasswd: self.htpasswd.as_ref().map(|p| base.join(p)),
+            anonymous: self.anonymous.as_deref().map(patterns).transpose()?,
+            rules,
+        })
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.htpasswd.is_some() || self.anonymous.is_some() || !self.allow.is_empty()
+    }
+}
+
 /// A validated config.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -91,6 +157,10 @@ pub struct Config {
     /// Where `/metrics`, `/healthz` and `/readyz` are served instead of
     /// `listen`.
     pub admin_listen: Option<String>,
+    /// `[auth]`, checked (patterns parse); the htpasswd path is relative
+    /// to `base`.
+    pub auth: AuthConfig,
+    pub catalog: CatalogConfig,
     pub images: Vec<ImageSpec>,
     pub routes: Vec<RouteSpec>,
     pub cache: CacheConfig,
@@ -107,6 +177,9 @@ struct RawConfig {
     listen: Option<String>,
     admin_listen: Option<String>,
     tls: Option<TlsConfig>,
+    auth: Option<Spanned<AuthConfig>>,
+    #[serde(default)]
+    catalog: CatalogConfig,
     revalidate: Option<Spanned<String>>,
     #[serde(default)]
     image: Vec<RawImage>,
@@ -325,7 +398,25 @@ impl Config {
                 invalid(s.span(), format!("revalidate = {:?}: expected a duration such as \"500ms\", \"1s\" or \"5m\"", s.get_ref()))
             })?,
         };
+        let auth = match raw.auth {
+            None => AuthConfig::default(),
+            Some(a) => {
+                let span = a.span();
+                let a = a.into_inner();
+                a.settings(base)
+                    .map_err(|e| invalid(span.clone(), format!("[auth]: {e}")))?;
+                if a.htpasswd.is_none() && !a.allow.is_empty() {
+                    return Err(invalid(
+                        span,
+                        "[auth]: [[auth.allow]] rules need an htpasswd file".into(),
+                    ));
+                }
+                a
+            }
+        };
         Ok(Config {
+            auth,
+            catalog: raw.catalog,
             revalidate,
             listen: raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
             tls: raw.tls.map(|t| TlsConfig {
@@ -408,6 +499,29 @@ dir = "/var/cache/cartorio"
             e.to_string().starts_with("images.toml:1: revalidate"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn auth_tls_and_catalog_sections() {
+        let c = parse(
+            "[[image]]\nname = \"a\"\nsource = \"a.tar\"\n[tls]\ncert = \"t.crt\"\nkey = \"t.key\"\n\
+             [auth]\nhtpasswd = \"htpasswd\"\nanonymous = [\"public/**\"]\n\
+             [[auth.allow]]\nusers = [\"alice\"]\nrepos = [\"team/*\"]\n[catalog]\nenabled = false\n",
+        )
+        .unwrap();
+        assert_eq!(c.tls.unwrap().cert, Path::new("/etc/cartorio/t.crt"));
+        let s = c.auth.settings(&c.base).unwrap();
+        assert_eq!(s.htpasswd, Some(PathBuf::from("/etc/cartorio/htpasswd")));
+        assert_eq!(s.rules.len(), 1);
+        assert_eq!(c.catalog.enabled, Some(false));
+        let e = parse(
+            "[[image]]\nname = \"a\"\nsource = \"a.tar\"\n[auth]\nhtpasswd = \"h\"\nanonymous = [\"Pub/*\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("images.toml:4: [auth]"), "{e}");
+        let e = parse("[[image]]\nname = \"a\"\nsource = \"a.tar\"\n[auth]\n[[auth.allow]]\nusers = [\"x\"]\nrepos = [\"**\"]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("need an htpasswd"), "{e}");
     }
 
     #[test]

@@ -151,6 +151,24 @@ struct FrontArgs {
     /// instead of the main port, where they are then 404.
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
+    /// Users and bcrypt hashes (htpasswd -B). Then anonymous clients pull
+    /// nothing unless --anonymous says, and users pull everything unless
+    /// --allow rules say.
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// Repositories anonymous clients may pull (`public/**`); repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    anonymous: Vec<String>,
+    /// `USER[,USER]=PATTERN[,PATTERN]` (`alice,bob=team/*,builds/**`; `*`
+    /// for every user); repeatable.
+    #[arg(long, value_name = "USERS=PATTERNS")]
+    allow: Vec<String>,
+    /// Answer 404 at /v2/_catalog.
+    #[arg(long)]
+    no_catalog: bool,
+    /// Only authenticated users may list /v2/_catalog.
+    #[arg(long)]
+    catalog_authenticated: bool,
 }
 
 impl FrontArgs {
@@ -167,6 +185,69 @@ impl FrontArgs {
             tls_cert,
             tls_key,
             admin_listen: self.admin_listen.or_else(|| cfg.admin_listen.clone()),
+            ..self
+        }
+    }
+
+    /// The auth settings: the flags, each over its config key.
+    fn auth(
+        &self,
+        cfg: Option<&Config>,
+    ) -> Result<Option<Arc<cartorio::registry::auth::Auth>>, String> {
+        use cartorio::registry::auth::{Auth, Pattern, Rule, Users};
+        let (mut settings, set) = match cfg {
+            Some(c) => (c.auth.settings(&c.base)?, c.auth.is_set()),
+            None => (Default::default(), false),
+        };
+        let set =
+            set || self.htpasswd.is_some() || !self.anonymous.is_empty() || !self.allow.is_empty();
+        if !set {
+            return Ok(None);
+        }
+        let patterns = |v: &str| {
+            v.split(',')
+                .map(|p| p.trim().parse::<Pattern>())
+                .collect::<Result<Vec<_>, _>>()
+        };
+        if let Some(h) = &self.htpasswd {
+            settings.htpasswd = Some(h.clone());
+        }
+        if !self.anonymous.is_empty() {
+            settings.anonymous = Some(patterns(&self.anonymous.join(","))?);
+        }
+        if !self.allow.is_empty() {
+            settings.rules = self
+                .allow
+                .iter()
+                .map(|a| {
+                    let (users, repos) = a
+                        .split_once('=')
+                        .ok_or_else(|| format!("--allow {a:?}: expected USERS=PATTERNS"))?;
+                    let users: Vec<String> =
+                        users.split(',').map(|u| u.trim().to_string()).collect();
+                    Ok(Rule {
+                        users: if users.iter().any(|u| u == "*") {
+                            Users::Any
+                        } else {
+                            Users::Named(users)
+                        },
+                        repos: patterns(repos).map_err(|e| format!("--allow {a:?}: {e}"))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+        }
+        Auth::new(settings).map(|a| Some(Arc::new(a)))
+    }
+
+    fn catalog(&self, cfg: Option<&Config>) -> cartorio::registry::CatalogAccess {
+        use cartorio::registry::CatalogAccess;
+        let c = cfg.map(|c| c.catalog.clone()).unwrap_or_default();
+        if self.no_catalog || c.enabled == Some(false) {
+            CatalogAccess::Disabled
+        } else if self.catalog_authenticated || c.authenticated == Some(true) {
+            CatalogAccess::Authenticated
+        } else {
+            CatalogAccess::Everyone
         }
     }
 }
@@ -220,6 +301,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             front,
         } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
+            let access = (front.auth(Some(&cfg))?, front.catalog(Some(&cfg)));
             let front = front.over(&cfg);
             let (cache, ready) = open_cache(&cfg.cache, &cfg.base)
                 .map_err(|e| format!("{}: {e}", config.display()))?;
@@ -239,6 +321,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 &listen.unwrap_or(cfg.listen),
                 limits.limits(),
                 front,
+                access,
             )
             .await
         }
@@ -257,6 +340,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 memory: cache_memory,
             };
             let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+            let access = (front.auth(None)?, front.catalog(None));
             let (cache, ready) = open_cache(&cache, &cwd)?;
             let mut specs = Vec::new();
             for a in &archives {
@@ -272,7 +356,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             )
             .await?;
             ready.set_loaded(true);
-            serve(catalog, ready, &listen, limits.limits(), front).await
+            serve(catalog, ready, &listen, limits.limits(), front, access).await
         }
         Command::Inspect { path, json } => inspect(&path, json).await,
         Command::Index { source, output } => index_sidecar(&source, output).await,
@@ -328,6 +412,10 @@ async fn serve(
     listen: &str,
     limits: cartorio::registry::Limits,
     front: FrontArgs,
+    (auth, catalog_access): (
+        Option<Arc<cartorio::registry::auth::Auth>>,
+        cartorio::registry::CatalogAccess,
+    ),
 ) -> Result<(), String> {
     let tls = match (front.tls_cert, front.tls_key) {
         (Some(cert), Some(key)) => {
@@ -387,6 +475,8 @@ async fn serve(
             Endpoints::All
         },
         tls,
+        auth,
+        catalog: catalog_access,
     };
     tokio::spawn(async move {
         shutdown_signal().await;

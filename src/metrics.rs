@@ -46,7 +46,14 @@ pub struct Metrics {
     /// Idle connections closed to make room (at the cap, out of fds).
     pub connections_shed: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Requests refused by auth, by reason (an entry of [`AUTH_REASONS`]).
+    pub auth_rejected: [AtomicU64; AUTH_REASONS.len()],
 }
+
+/// Why auth refused a request, as labels: credentials that do not verify
+/// (401), an anonymous request that needs a login (401), a user asking for
+/// a repository no rule gives them (404 `NAME_UNKNOWN`).
+pub const AUTH_REASONS: [&str; 3] = ["bad_credentials", "login_required", "denied"];
 
 /// The process's counters.
 pub static METRICS: Metrics = Metrics::new();
@@ -83,6 +90,7 @@ impl Metrics {
             connections_closed_write_timeout: AtomicU64::new(0),
             connections_shed: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            auth_rejected: zeros(),
         }
     }
 
@@ -209,6 +217,15 @@ impl Metrics {
             "cartorio_connections_open {}",
             self.connections_open.load(Relaxed)
         );
+        out.push_str("# HELP cartorio_auth_rejected_total Requests refused by authentication or authorization, by reason.\n");
+        out.push_str("# TYPE cartorio_auth_rejected_total counter\n");
+        for (reason, c) in AUTH_REASONS.iter().zip(&self.auth_rejected) {
+            let _ = writeln!(
+                out,
+                "cartorio_auth_rejected_total{{reason=\"{reason}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
         if let Some(b) = disk_bytes {
             out.push_str("# HELP cartorio_cache_disk_bytes Bytes stored in the disk cache.\n");
             out.push_str("# TYPE cartorio_cache_disk_bytes gauge\n");

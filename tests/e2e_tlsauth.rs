@@ -328,3 +328,225 @@ fn admin_listener_takes_the_operations_endpoints() {
     assert_eq!(v2.status, 404, "the registry API on the admin port");
     assert_eq!(http("GET", &s.url("/v2/"), &[]).status, 200);
 }
+
+/// `htpasswd -Bbn USER PASSWORD` lines (apache2-utils: the tool operators use).
+fn htpasswd_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let mut text = String::new();
+    for (u, p) in users {
+        let out = run(Command::new("htpasswd").args(["-Bbn", u, p]));
+        text.push_str(String::from_utf8(out.stdout).unwrap().trim());
+        text.push('\n');
+    }
+    // A non-bcrypt line is ignored with a log line, not fatal.
+    text.push_str("md5user:$apr1$abc$def\n");
+    let f = dir.join("htpasswd");
+    std::fs::write(&f, text).unwrap();
+    f
+}
+
+fn curl_status(args: &[&str]) -> (u16, String, String) {
+    let (ok, out, err) = curl(&[&["-D", "-"][..], args].concat());
+    assert!(ok, "curl {args:?}: {err}");
+    let status = out
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        out.clone(),
+        out.rsplit("\r\n\r\n").next().unwrap_or("").to_string(),
+    )
+}
+
+fn skopeo_creds(server: &Server, name_tag: &str, creds: Option<&str>) -> Output {
+    let tmp = tempdir();
+    let mut cmd = Command::new("skopeo");
+    cmd.args([
+        "--command-timeout",
+        "90s",
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+    ]);
+    if let Some(c) = creds {
+        cmd.args(["--src-creds", c]);
+    } else {
+        cmd.arg("--src-no-creds");
+    }
+    cmd.arg(server.docker_ref(name_tag))
+        .arg(format!("dir:{}", tmp.path().display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skopeo")
+}
+
+#[test]
+fn auth_users_rules_and_anonymous() {
+    e2e!();
+    let tmp = tempdir();
+    let pw = htpasswd_file(tmp.path(), &[("alice", "alice-pw"), ("bob", "bob-pw")]);
+    let a = |f: &str| fixture(f).display().to_string();
+    let s = Server::serve(&[
+        "--htpasswd",
+        pw.to_str().unwrap(),
+        "--anonymous",
+        "public/**",
+        "--allow",
+        "alice=fixture/*,team/*",
+        "--allow",
+        "bob=team/*",
+        &a("docker-archive.tar"),
+        &format!("team/app={}", a("oci-archive.tar")),
+        &format!("public/base/rootfs={}", a("rootfs.tar.zst")),
+    ]);
+    assert!(s.stderr().contains("only bcrypt"), "{}", s.stderr());
+
+    // Good credentials pull.
+    assert_ok(
+        &skopeo_creds(&s, "fixture/app:v1", Some("alice:alice-pw")),
+        "alice pulls fixture/app",
+    );
+    // The anonymous rule: no credentials needed under public/.
+    assert_ok(
+        &skopeo_creds(&s, "public/base/rootfs:latest", None),
+        "anonymous pulls public/**",
+    );
+    // Wrong password, unknown user, anonymous outside public/: refused.
+    for creds in [Some("alice:nope"), Some("mallory:alice-pw"), None] {
+        let out = skopeo_creds(&s, "fixture/app:v1", creds);
+        assert!(!out.status.success(), "{creds:?} pulled fixture/app");
+    }
+    // bob has no rule for fixture/*: the repository does not exist for him.
+    let out = skopeo_creds(&s, "fixture/app:v1", Some("bob:bob-pw"));
+    assert!(!out.status.success(), "bob pulled fixture/app");
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        err.contains("name unknown") || err.contains("name_unknown"),
+        "{err}"
+    );
+    assert_ok(
+        &skopeo_creds(&s, "team/app:v1", Some("bob:bob-pw")),
+        "bob pulls team/app",
+    );
+
+    let url = |p: &str| s.url(p);
+    // 401: the challenge and the spec's error body.
+    let (st, head, body) = curl_status(&["-u", "alice:nope", &url("/v2/fixture/app/manifests/v1")]);
+    assert_eq!(st, 401);
+    assert!(
+        head.to_lowercase()
+            .contains("www-authenticate: basic realm=\"cartorio\""),
+        "{head}"
+    );
+    assert!(body.contains("\"UNAUTHORIZED\""), "{body}");
+    let (st, _, _) = curl_status(&[&url("/v2/fixture/app/manifests/v1")]);
+    assert_eq!(st, 401, "anonymous outside the anonymous rule");
+    // A malformed or non-UTF-8 Basic header is a 401, not a 500.
+    for bad in [
+        "Authorization: Basic !!!",
+        "Authorization: Basic /w==",
+        "Authorization: Bearer x",
+    ] {
+        let (st, _, _) = curl_status(&["-H", bad, &url("/v2/")]);
+        assert_eq!(st, 401, "{bad}");
+    }
+    // Hidden and missing look the same to bob.
+    let (st1, _, hidden) = curl_status(&["-u", "bob:bob-pw", &url("/v2/fixture/app/manifests/v1")]);
+    let (st2, _, missing) =
+        curl_status(&["-u", "bob:bob-pw", &url("/v2/fixture/nothere/manifests/v1")]);
+    assert_eq!((st1, st2), (404, 404));
+    assert_eq!(
+        hidden.replace("fixture/app", "X"),
+        missing.replace("fixture/nothere", "X"),
+        "a hidden repository must answer like a missing one"
+    );
+    assert!(hidden.contains("NAME_UNKNOWN"), "{hidden}");
+    // /v2/ challenges anonymous callers whenever there are users (clients send credentials
+    // only after that), and they still pull public/** without any (above).
+    assert_eq!(curl_status(&[&url("/v2/")]).0, 401);
+    assert_eq!(curl_status(&["-u", "bob:bob-pw", &url("/v2/")]).0, 200);
+    // The catalog lists what the caller may pull.
+    let (_, _, anon) = curl_status(&[&url("/v2/_catalog")]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&anon).unwrap()["repositories"],
+        serde_json::json!(["public/base/rootfs"])
+    );
+    let (_, _, alice) = curl_status(&["-u", "alice:alice-pw", &url("/v2/_catalog")]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&alice).unwrap()["repositories"],
+        serde_json::json!(["fixture/app", "public/base/rootfs", "team/app"])
+    );
+    let (_, _, metrics) = curl_status(&[&url("/metrics")]);
+    for reason in ["bad_credentials", "login_required", "denied"] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "cartorio_auth_rejected_total{{reason=\"{reason}\"}}"
+                ))
+            })
+            .unwrap_or_else(|| panic!("no {reason} counter:\n{metrics}"));
+        assert_ne!(line.rsplit(' ').next(), Some("0"), "{line}");
+    }
+}
+
+#[test]
+fn auth_without_anonymous_and_ctr_user() {
+    e2e!();
+    let tmp = tempdir();
+    let pw = htpasswd_file(tmp.path(), &[("alice", "alice-pw")]);
+    let s = Server::serve(&[
+        "--htpasswd",
+        pw.to_str().unwrap(),
+        "--catalog-authenticated",
+        fixture("docker-archive.tar").to_str().unwrap(),
+    ]);
+    // Anonymous may pull nothing: /v2/ itself asks for a login.
+    let (st, head, _) = curl_status(&[&s.url("/v2/")]);
+    assert_eq!(st, 401);
+    assert!(
+        head.to_lowercase().contains("www-authenticate: basic"),
+        "{head}"
+    );
+    assert_eq!(
+        curl_status(&["-u", "alice:alice-pw", &s.url("/v2/")]).0,
+        200
+    );
+    assert_eq!(curl_status(&[&s.url("/v2/_catalog")]).0, 401);
+    assert_eq!(
+        curl_status(&["-u", "alice:alice-pw", &s.url("/v2/_catalog")]).0,
+        200
+    );
+
+    let ctd = match Containerd::start() {
+        Ok(c) => c,
+        Err(why) => {
+            note(&format!(
+                "SKIPPED ctr part: containerd cannot run here: {why}"
+            ));
+            return;
+        }
+    };
+    let image = format!("{}/fixture/app:v1", s.addr);
+    let out = ctd.ctr(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "native",
+        &image,
+    ]);
+    assert!(!out.status.success(), "ctr pulled without credentials");
+    ctd.ctr_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--user",
+        "alice:alice-pw",
+        "--snapshotter",
+        "native",
+        &image,
+    ]);
+}

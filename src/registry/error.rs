@@ -99,6 +99,11 @@ impl RegistryError {
         )
     }
 
+    /// 401 `UNAUTHORIZED`, with the Basic challenge (see `into_response`).
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+
     /// Any method but GET and HEAD: this registry is read-only.
     pub fn unsupported(method: &http::Method) -> Self {
         Self::new(
@@ -133,6 +138,14 @@ impl RegistryError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+        if self.status == StatusCode::UNAUTHORIZED {
+            // The only scheme cartorio speaks (distribution spec: a 401
+            // carries the challenge).
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"cartorio\""),
+            );
+        }
         if self.status == StatusCode::METHOD_NOT_ALLOWED {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         }

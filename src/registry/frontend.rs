@@ -1,6 +1,9 @@
 //! How one listener presents the registry: which endpoints it answers and
 //! whether it speaks TLS. The server and the router both take one, so a
 //! second listener (`--admin-listen`) is the same code with other settings.
+use std::sync::Arc;
+
+use super::auth::Auth;
 use super::tls::Tls;
 
 /// The operations endpoints, outside the registry API.
@@ -31,12 +34,28 @@ impl Endpoints {
     }
 }
 
-/// One listener's settings. `Default`: everything on one plain-HTTP port.
+/// Who may list repositories at `/v2/_catalog` (each caller sees only the
+/// repositories they may pull).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CatalogAccess {
+    #[default]
+    Everyone,
+    /// Anonymous callers get 401.
+    Authenticated,
+    /// 404 for everyone.
+    Disabled,
+}
+
+/// One listener's settings. `Default`: everything on one plain-HTTP port,
+/// anonymous pulls of everything.
 #[derive(Clone, Debug, Default)]
 pub struct Frontend {
     pub endpoints: Endpoints,
     /// None: plain HTTP (HTTP/1.1 or h2c).
     pub tls: Option<Tls>,
+    /// None: anonymous clients pull everything.
+    pub auth: Option<Arc<Auth>>,
+    pub catalog: CatalogAccess,
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //! - A malformed, multi-range or `If-Range`-stale `Range` is ignored (200,
 //!   whole blob); an empty blob is always served whole.
 //! - A non-numeric `n` is ignored; `n=0` is an empty page with no `Link`.
+pub mod auth;
 mod body;
 mod conn;
 mod error;
@@ -31,7 +32,7 @@ mod server;
 pub mod tls;
 
 pub use body::ResponseBody;
-pub use frontend::{ADMIN_PATHS, Endpoints, Frontend};
+pub use frontend::{ADMIN_PATHS, CatalogAccess, Endpoints, Frontend};
 pub use ready::{NotReady, Readiness};
 pub use router::{handle, handle_with};
 pub use server::{

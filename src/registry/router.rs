@@ -5,9 +5,10 @@ use std::time::Instant;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Body;
 
+use super::auth::{Identity, Rejected};
 use super::body::{self, ResponseBody};
 use super::error::{RegistryError, clip};
-use super::frontend::Frontend;
+use super::frontend::{CatalogAccess, Frontend};
 use super::ready::Readiness;
 use super::routes::{self, Route};
 use crate::catalog::Images;
@@ -72,6 +73,13 @@ fn route_kind(path: &str) -> &'static str {
     }
 }
 
+/// Counts a request refused by auth (index into `AUTH_REASONS`).
+fn reject(reason: usize) {
+    if let Some(c) = crate::metrics::METRICS.auth_rejected.get(reason) {
+        crate::metrics::inc(c);
+    }
+}
+
 async fn route(
     images: &dyn Images,
     ready: &Readiness,
@@ -98,11 +106,54 @@ async fn route(
         _ => {}
     }
     let route = Route::parse(path);
+    // Who is asking, before anything else is looked at: wrong credentials
+    // are 401 whatever the request.
+    let who = match &front.auth {
+        None => Identity::Anonymous,
+        Some(auth) => auth.identify(&req.headers).await.map_err(|e| {
+            reject(0);
+            match e {
+                Rejected::Malformed => RegistryError::unauthorized(e.to_string()),
+                Rejected::Wrong => RegistryError::unauthorized("authentication failed"),
+            }
+        })?,
+    };
+    let may_pull = |repo: &str| front.auth.as_ref().is_none_or(|a| a.may_pull(&who, repo));
     // Validate the name before anything reaches the catalog.
     let name = route.name().map(routes::repo_name).transpose()?;
+    if let (Some(name), Some(auth)) = (&name, &front.auth)
+        && !may_pull(name.as_str())
+    {
+        // Anonymous: a login might help, and the answer is the same for
+        // every repository, so it tells nothing. A user: hidden.
+        if who == Identity::Anonymous && auth.has_users() {
+            reject(1);
+            return Err(RegistryError::unauthorized("authentication required"));
+        }
+        reject(2);
+        return Err(crate::catalog::CatalogError::NameUnknown(name.clone()).into());
+    }
     match (route, name) {
-        (Route::Base, _) => Ok(routes::base::get()),
-        (Route::Catalog, _) => Ok(routes::catalog::get(images, req).await),
+        (Route::Base, _) => match &front.auth {
+            // Clients (containers/image, docker) send credentials only
+            // after a challenge here, so anonymous callers get one whenever
+            // there are users; without credentials they go on anonymously.
+            Some(auth) if who == Identity::Anonymous && auth.has_users() => {
+                reject(1);
+                Err(RegistryError::unauthorized("authentication required"))
+            }
+            _ => Ok(routes::base::get()),
+        },
+        (Route::Catalog, _) => match front.catalog {
+            CatalogAccess::Disabled => Err(RegistryError::not_found(path)),
+            CatalogAccess::Authenticated if who == Identity::Anonymous => {
+                reject(1);
+                Err(RegistryError::unauthorized(
+                    "authentication required to list repositories",
+                ))
+            }
+            _ => Ok(routes::catalog::get(images, req, may_pull).await),
+        },
         (Route::Manifest { reference, .. }, Some(name)) => {
             routes::manifests::get(images, &name, reference, req)
                 .await

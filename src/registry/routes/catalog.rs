@@ -7,9 +7,20 @@ use crate::catalog::Images;
 use crate::registry::body::ResponseBody;
 use crate::registry::pagination::Page;
 
-pub async fn get(images: &dyn Images, req: &Parts) -> Response<ResponseBody> {
+/// Lists the repositories `visible` lets through (the caller may pull
+/// them), before pagination, so pages stay full.
+pub async fn get(
+    images: &dyn Images,
+    req: &Parts,
+    visible: impl Fn(&str) -> bool,
+) -> Response<ResponseBody> {
     let repos = images.repositories().await;
-    let repos = repos.iter().map(|r| r.as_str().to_string()).collect();
+    let repos = repos
+        .iter()
+        .map(|r| r.as_str())
+        .filter(|r| visible(r))
+        .map(str::to_string)
+        .collect();
     let page = Page::from_query(req.uri.query());
     let (repos, link) = page.apply(repos, "/v2/_catalog");
     let mut resp = super::json(&json!({ "repositories": repos }));
