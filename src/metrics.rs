@@ -164,7 +164,7 @@ impl Metrics {
             ),
             (
                 "cartorio_upstream_blob_bytes_total",
-                "Blob bytes read from sources into the cache.",
+                "Blob bytes read from sources (into the cache or straight to clients).",
                 &self.upstream_blob_bytes,
             ),
             (

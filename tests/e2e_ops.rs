@@ -340,3 +340,46 @@ fn no_secret_reaches_a_client_or_the_log() {
         "{stderr}"
     );
 }
+
+/// Blob bytes read from the source are counted whether or not the cache
+/// keeps them: with no disk tier, and with a disk tier that cannot write.
+#[test]
+fn source_bytes_are_counted_when_the_cache_cannot_keep_them() {
+    if !e2e("source_bytes_are_counted_when_the_cache_cannot_keep_them") {
+        return;
+    }
+    let tmp = tempdir();
+    let image = rootfs(tmp.path(), 1 << 20);
+    // A rootfs tarball is its own layer: the blob is the whole file.
+    let size = std::fs::metadata(&image).expect("stat").len();
+    let layer = sha256_file(&image);
+    let arg = format!("app:v1={}", image.display());
+    let pull = |server: &Server| {
+        let r = http("GET", &server.url(&format!("/v2/app/blobs/{layer}")), &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(sha256(&r.body), layer);
+    };
+
+    // No disk tier: every pull reads the source.
+    let server = Server::serve(&["--cache-dir", "none", &arg]);
+    pull(&server);
+    pull(&server);
+    assert_eq!(
+        metric(&server, "cartorio_upstream_blob_bytes_total"),
+        2 * size
+    );
+    drop(server);
+
+    // A disk tier whose temp folder cannot take a file (a read-only or
+    // full disk fails the same way): served from the source, counted, and
+    // the write failure counted too.
+    let cache = tmp.path().join("cache");
+    let server = Server::serve(&["--cache-dir", cache.to_str().expect("path"), &arg]);
+    for sub in ["sha256", "tmp"] {
+        let _ = std::fs::remove_dir_all(cache.join(sub));
+    }
+    std::fs::write(cache.join("tmp"), b"not a folder").expect("write");
+    pull(&server);
+    assert_eq!(metric(&server, "cartorio_upstream_blob_bytes_total"), size);
+    assert!(metric(&server, "cartorio_cache_write_errors_total") >= 1);
+}

@@ -168,7 +168,7 @@ impl BlobCache {
         }
         let Some(disk) = &self.disk else {
             return Ok(Box::pin(Verified::new(
-                fetch().await?,
+                counted(fetch().await?),
                 digest,
                 size,
                 start,
@@ -187,7 +187,7 @@ impl BlobCache {
         let Some(flight) = flight else {
             // The cache cannot take it: straight from upstream.
             return Ok(Box::pin(Verified::new(
-                fetch().await?,
+                counted(fetch().await?),
                 digest,
                 size,
                 start,
@@ -308,6 +308,7 @@ impl BlobCache {
         let file = match std::fs::File::create(&tmp) {
             Ok(f) => f,
             Err(e) => {
+                inc(&METRICS.cache_write_errors);
                 tracing::warn!(dir = %tmp.display(), "disk cache cannot write, serving from the source: {e}");
                 return Ok(None);
             }
@@ -491,6 +492,19 @@ impl crate::archive::SpillFile for SpillFile {
     }
 }
 
+/// `s`, adding every byte it yields to the source-bytes counter: blobs
+/// read straight from a source (no disk tier, a cache that cannot write)
+/// count as much as the ones a fill reads.
+fn counted(s: ByteStream) -> ByteStream {
+    Box::pin(s.inspect(|chunk| {
+        if let Ok(c) = chunk {
+            METRICS
+                .upstream_blob_bytes
+                .fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }))
+}
+
 fn once(b: Bytes) -> ByteStream {
     Box::pin(stream::once(async move { Ok(b) }))
 }
@@ -586,7 +600,7 @@ fn follow(f: Follow) -> ByteStream {
                             // Re-read from upstream, verified, sending only
                             // what this reader has not sent yet.
                             let s = match (f.fetch)().await {
-                                Ok(s) => s,
+                                Ok(s) => counted(s),
                                 Err(e) => return Some((Err(e), FollowState::Finished)),
                             };
                             let v: ByteStream = Box::pin(Verified::new(
