@@ -120,6 +120,13 @@ rc=0
 python3 scripts/bench/run.py "${ARGS[@]}" > "$TMP/report.md" &
 echo $! >> "$TMP/pids"
 wait $! || rc=$?
+# compressed tarballs: sidecar / seek points rows (scripts/bench/seek.py; needs zstd and nginx)
+if [ -z "$ONLY" ] && command -v zstd >/dev/null; then
+  step "compressed tarballs: sidecars and seek points"
+  { printf '\n### Compressed tarballs over HTTP (nginx), no disk cache\n\n'
+    python3 scripts/bench/seek.py --bin "$BIN" --tmp "$TMP" ${QUICK:+--size-mib 64}
+  } >> "$TMP/report.md" || echo "bench.sh: seek rows failed" >&2
+fi
 cat "$TMP/report.md"
 [ -n "$OUT" ] && cp "$TMP/report.md" "$OUT"
 echo "bench.sh: done in $(( $(date +%s) - START )) s (exit $rc)" >&2

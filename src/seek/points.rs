@@ -9,9 +9,10 @@ use super::{Codec, SeekError, WINDOW};
 /// 128; a million covers a 1 PiB stream and bounds a hostile count.
 pub const MAX_POINTS: usize = 1 << 20;
 
-/// Largest compressed window accepted (deflate of 32 KiB of random bytes
-/// is a little over 32 KiB).
-const MAX_PACKED_WINDOW: usize = WINDOW + 1024;
+/// Largest compressed window accepted: deflate of 32 KiB of random bytes
+/// is a little over 32 KiB (zlib-rs's fastest level, which does not fall
+/// back to stored blocks, made 34.5 KiB); twice the window is a safe bound.
+const MAX_PACKED_WINDOW: usize = 2 * WINDOW;
 
 const MAGIC: &[u8; 4] = b"CSP1";
 
@@ -293,12 +294,14 @@ fn u64_le(b: &mut &[u8]) -> Option<u64> {
         .map(u64::from_le_bytes)
 }
 
-/// Compresses a window for keeping (raw deflate, fast level).
+/// Compresses a window for keeping (raw deflate, the default level: it
+/// stores incompressible windows instead of growing them; one window per
+/// 8 MiB of archive, so its cost does not show).
 pub(super) fn deflate_window(w: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut e = flate2::write::DeflateEncoder::new(
         Vec::with_capacity(w.len() / 2),
-        flate2::Compression::fast(),
+        flate2::Compression::default(),
     );
     // Writing to a Vec cannot fail.
     let _ = e.write_all(w);
