@@ -48,6 +48,13 @@ pub struct Metrics {
     pub accept_errors: AtomicU64,
     /// Requests refused by auth, by reason (an entry of [`AUTH_REASONS`]).
     pub auth_rejected: [AtomicU64; AUTH_REASONS.len()],
+    /// Blob bytes hashed to verify them (fills, in-place first reads,
+    /// uncached reads).
+    pub blob_bytes_hashed: AtomicU64,
+    /// Blob reads served in place from a local archive.
+    pub in_place_reads: AtomicU64,
+    /// Blob bytes sent with sendfile(2) (the zero-copy path).
+    pub zero_copy_bytes: AtomicU64,
 }
 
 /// Why auth refused a request, as labels: credentials that do not verify
@@ -91,6 +98,9 @@ impl Metrics {
             connections_shed: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             auth_rejected: zeros(),
+            blob_bytes_hashed: AtomicU64::new(0),
+            in_place_reads: AtomicU64::new(0),
+            zero_copy_bytes: AtomicU64::new(0),
         }
     }
 
@@ -126,7 +136,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 18] = [
             (
                 "cartorio_cache_memory_hits_total",
                 "Blob reads served from the memory tier.",
@@ -201,6 +211,21 @@ impl Metrics {
                 "cartorio_accept_errors_total",
                 "Failed accepts (EMFILE and the like).",
                 &self.accept_errors,
+            ),
+            (
+                "cartorio_blob_bytes_hashed_total",
+                "Blob bytes hashed to verify them (verified blobs are served without hashing).",
+                &self.blob_bytes_hashed,
+            ),
+            (
+                "cartorio_in_place_reads_total",
+                "Blob reads served in place from a local archive (no copy in the cache).",
+                &self.in_place_reads,
+            ),
+            (
+                "cartorio_zero_copy_bytes_total",
+                "Verified blob bytes sent with sendfile(2).",
+                &self.zero_copy_bytes,
             ),
         ];
         for (name, help, c) in counters {

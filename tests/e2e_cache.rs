@@ -1,11 +1,15 @@
 //! End-to-end tests of the blob cache (`--cache-dir`, `--cache-disk`, `--cache-memory`): the
-//! real binary, real clients (skopeo, curl) and archives on disk as the "upstream".
+//! real binary, real clients (skopeo, curl) and archives served by nginx as the "upstream"
+//! (local uncompressed archives are read in place and never copied into the cache:
+//! `tests/e2e_inplace.rs`).
 //!
 //! An upstream that serves wrong bytes is simulated by rewriting bytes of an archive in place
-//! and restoring its mtime: a file source's version is mtime + inode + size, so cartorio reads
-//! the changed bytes under the same version (the index, and the digests it promises, stay).
+//! and restoring its mtime: nginx's ETag is mtime + size (and a file source's version mtime +
+//! inode + size), so cartorio reads the changed bytes under the same version (the index, and
+//! the digests it promises, stay).
 
 mod common;
+mod servers;
 
 use std::collections::BTreeMap;
 use std::fs::{self, FileTimes};
@@ -15,6 +19,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use servers::TestServer;
+
+/// ARCHIVE as a remote source: nginx serving its folder. Returns the server (keep it alive)
+/// and the archive's URL.
+fn upstream(archive: &Path) -> (TestServer, String) {
+    let ng = TestServer::nginx(archive.parent().unwrap());
+    let name = archive.file_name().unwrap().to_str().unwrap();
+    let url = ng.url(&format!("/{name}"));
+    (ng, url)
+}
 
 /// Returns from the test (after a note) when e2e tests are switched off.
 macro_rules! e2e {
@@ -291,8 +305,9 @@ fn blobs_are_cached_and_served_after_a_restart() {
     e2e!();
     let tmp = tempdir();
     let archive = copy_fixture("docker-archive.tar", tmp.path());
+    let (_ng, url) = upstream(&archive);
     let cache = tmp.path().join("cache");
-    let args = ["--cache-dir", s(&cache), s(&archive)];
+    let args = ["--cache-dir", s(&cache), &url];
     let server = Server::serve(&args);
     let layers = pull_checked(&server, "fixture/app:v1");
     assert_eq!(layers, docker_archive_digests(&archive)[0].2);
@@ -311,7 +326,7 @@ fn blobs_are_cached_and_served_after_a_restart() {
         flip_byte_keep_version(&archive, layer_offset(&archive, d) + 100);
     }
     // Without the cache the archive's bytes are what gets served: cut, as they are wrong.
-    let uncached = Server::serve(&["--cache-dir", "none", s(&archive)]);
+    let uncached = Server::serve(&["--cache-dir", "none", &url]);
     for d in &layers {
         assert_cut(
             &curl_get(&blob_url(&uncached, "fixture/app", d), &[]),
@@ -339,7 +354,8 @@ fn corrupt_upstream_is_cut_and_not_cached() {
     let at = layer_offset(&archive, &layer) + 1000;
     flip_byte_keep_version(&archive, at);
 
-    let server = Server::serve(&["--cache-dir", s(&cache), s(&archive)]);
+    let (_ng, url) = upstream(&archive);
+    let server = Server::serve(&["--cache-dir", s(&cache), &url]);
     assert!(
         !skopeo_dir_ok(&server, "fixture/app:v1"),
         "a pull of a corrupt layer succeeded"
@@ -409,6 +425,7 @@ fn disk_bound_evicts_least_recently_used() {
     assert!(size[c] > size[b], "fixture changed: want B smaller than C");
 
     let tmp = tempdir();
+    let (_ng, url) = upstream(&archive);
     let cache = tmp.path().join("cache");
     let server = Server::serve(&[
         "--cache-dir",
@@ -417,7 +434,7 @@ fn disk_bound_evicts_least_recently_used() {
         &bound.to_string(),
         "--cache-memory",
         "0",
-        s(&archive),
+        &url,
     ]);
     let stored = |cache: &Path| -> u64 { cached(cache).values().sum() };
 
@@ -458,8 +475,9 @@ fn crash_mid_fill_leaves_no_trace_after_restart() {
     e2e!();
     let tmp = tempdir();
     let archive = big_rootfs(tmp.path(), 48);
+    let (_ng, url) = upstream(&archive);
     let cache = tmp.path().join("cache");
-    let args = ["--cache-dir", s(&cache), &format!("big={}", s(&archive))];
+    let args = ["--cache-dir", s(&cache), &format!("big={url}")];
     let mut server = Server::serve(&args);
     let (layer, size) = only_layer(&server, "big:latest");
     let curl = spawn_curl_sha256(&blob_url(&server, "big", &layer), "--limit-rate 20M");
@@ -506,12 +524,13 @@ fn concurrent_cold_pulls_share_one_fill() {
     let tmp = tempdir();
     let archive = big_rootfs(tmp.path(), 32);
     let bytes = fs::read(&archive).unwrap();
+    let (_ng, url) = upstream(&archive);
     let cache = tmp.path().join("cache");
     let server = Server::serve(&[
         "--cache-dir",
         s(&cache),
-        &format!("big={}", s(&archive)),
-        &format!("again={}", s(&archive)),
+        &format!("big={url}"),
+        &format!("again={url}"),
     ]);
     let (layer, size) = only_layer(&server, "big:latest");
     assert_eq!(only_layer(&server, "again:latest").0, layer);
@@ -567,8 +586,9 @@ fn client_disconnect_mid_fill_still_caches() {
     e2e!();
     let tmp = tempdir();
     let archive = big_rootfs(tmp.path(), 16);
+    let (_ng, url) = upstream(&archive);
     let cache = tmp.path().join("cache");
-    let server = Server::serve(&["--cache-dir", s(&cache), &format!("big={}", s(&archive))]);
+    let server = Server::serve(&["--cache-dir", s(&cache), &format!("big={url}")]);
     let (layer, _) = only_layer(&server, "big:latest");
     let mut curl = Command::new("curl")
         .args(["-sS", "--limit-rate", "1M", "-o", "/dev/null"])
@@ -621,9 +641,10 @@ fn range_of_a_cold_corrupt_blob_is_cut() {
     e2e!();
     let tmp = tempdir();
     let archive = big_rootfs(tmp.path(), 8);
+    let (_ng, url) = upstream(&archive);
     let cache = tmp.path().join("cache");
-    let cached_server = Server::serve(&["--cache-dir", s(&cache), &format!("big={}", s(&archive))]);
-    let uncached = Server::serve(&["--cache-dir", "none", &format!("big={}", s(&archive))]);
+    let cached_server = Server::serve(&["--cache-dir", s(&cache), &format!("big={url}")]);
+    let uncached = Server::serve(&["--cache-dir", "none", &format!("big={url}")]);
     let (layer, _) = only_layer(&cached_server, "big:latest");
     // Both servers indexed the good bytes; now byte 5000 is wrong.
     flip_byte_keep_version(&archive, 5000);
@@ -642,8 +663,9 @@ fn short_cached_file_is_fetched_again() {
     e2e!();
     let tmp = tempdir();
     let archive = fixture("docker-archive.tar");
+    let (_ng, url) = upstream(&archive);
     let cache = tmp.path().join("cache");
-    let args = ["--cache-dir", s(&cache), s(&archive)];
+    let args = ["--cache-dir", s(&cache), &url];
     let server = Server::serve(&args);
     let layers = pull_checked(&server, "fixture/app:v1");
     drop(server);
@@ -726,8 +748,9 @@ fn metrics_count_fills_hits_and_requests() {
     e2e!();
     let tmp = tempdir();
     let archive = copy_fixture("docker-archive.tar", tmp.path());
+    let (_ng, url) = upstream(&archive);
     let cache = tmp.path().join("cache");
-    let server = Server::serve(&["--cache-dir", s(&cache), "--cache-memory", "0", s(&archive)]);
+    let server = Server::serve(&["--cache-dir", s(&cache), "--cache-memory", "0", &url]);
     let health = curl_get(&server.url("/healthz"), &[]);
     assert_eq!((health.status, &health.body[..]), (200, &b"ok\n"[..]));
     let layers = pull_checked(&server, "fixture/app:v1");

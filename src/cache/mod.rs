@@ -7,6 +7,7 @@
 //! served straight from upstream.
 mod disk;
 mod index;
+mod inplace;
 mod verify;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 
 pub use disk::{DiskCache, ScrubReport, scrub};
 pub use index::IndexStore;
+pub use inplace::{FileSpan, VerifiedRecord};
 pub use verify::Verified;
 
 use crate::image::{Digest, Hasher};
@@ -99,6 +101,8 @@ pub struct BlobCache {
     disk: Option<DiskCache>,
     index: Option<IndexStore>,
     flights: Mutex<HashMap<Digest, Arc<Flight>>>,
+    /// Which blobs were verified at which source version (in-place reads).
+    verified: Arc<VerifiedRecord>,
 }
 
 impl BlobCache {
@@ -125,6 +129,11 @@ impl BlobCache {
         BlobCache {
             memory,
             memory_max_blob: (settings.memory / 16).min(8 * 1024 * 1024),
+            verified: Arc::new(VerifiedRecord::open(
+                disk.as_ref()
+                    .and(settings.dir.as_ref())
+                    .map(|d| d.join("verified")),
+            )),
             disk,
             index,
             flights: Mutex::new(HashMap::new()),
@@ -387,6 +396,9 @@ impl BlobCache {
                 break;
             }
             hasher.update(&chunk);
+            METRICS
+                .blob_bytes_hashed
+                .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let f = out.clone();
             let at = written - chunk.len() as u64;
             let wrote = tokio::task::spawn_blocking(move || {

@@ -98,6 +98,9 @@ impl Stream for Verified {
                 Poll::Ready(Some(Ok(chunk))) => {
                     if let Some(h) = this.hasher.as_mut() {
                         h.update(&chunk);
+                        crate::metrics::METRICS
+                            .blob_bytes_hashed
+                            .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     }
                     let chunk_start = this.pos;
                     this.pos += chunk.len() as u64;

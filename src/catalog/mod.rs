@@ -9,6 +9,8 @@ use futures_util::Stream;
 
 use crate::image::{Digest, Reference, RepoName, Tag};
 
+pub use crate::cache::FileSpan;
+
 /// A stream of blob bytes. An `Err` item means the response must be cut
 /// (the connection aborted) so the client cannot take it as complete.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + 'static>>;
@@ -67,6 +69,18 @@ pub trait Images: Send + Sync + 'static {
         start: u64,
         end: u64,
     ) -> Result<ByteStream, CatalogError>;
+
+    /// The blob's verified bytes in a file (a cached blob, or a blob of a
+    /// local archive verified at its current version), for the zero-copy
+    /// path; None when its bytes must still be hashed as they stream, or
+    /// live elsewhere (memory, a remote source).
+    async fn blob_file(
+        &self,
+        _repo: &RepoName,
+        _digest: &Digest,
+    ) -> Result<Option<FileSpan>, CatalogError> {
+        Ok(None)
+    }
 
     /// The tags of `repo`, sorted.
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>, CatalogError>;
@@ -427,6 +441,14 @@ impl Images for Catalog {
         }
         let archive = loaded.archive.clone();
         let label = archive.describe();
+        // A local uncompressed archive is its own cache: no second copy.
+        if let Some(span) = archive.local_span(&at) {
+            return self
+                .cache
+                .read_in_place(&span, *digest, size, start, end, label.clone())
+                .await
+                .map_err(|e| CatalogError::Source(label, e.to_string()));
+        }
         let fetch: Fetch = Arc::new(move || {
             let archive = archive.clone();
             let at = at.clone();
@@ -447,6 +469,29 @@ impl Images for Catalog {
                 }
                 _ => CatalogError::Source(label, e.to_string()),
             })
+    }
+
+    async fn blob_file(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<FileSpan>, CatalogError> {
+        let unknown = || CatalogError::BlobUnknown(repo.clone(), *digest);
+        let loaded = self.find(repo, digest).await?.ok_or_else(unknown)?;
+        let Some(blob) = loaded.indexed.blobs.get(digest) else {
+            return Ok(None);
+        };
+        if matches!(blob.at, BlobAt::Memory(_)) {
+            return Ok(None);
+        }
+        match loaded.archive.local_span(&blob.at) {
+            Some(span) => self
+                .cache
+                .verified_in_place(&span, *digest, blob.size)
+                .await
+                .map_err(|e| CatalogError::Source(loaded.archive.describe(), e.to_string())),
+            None => Ok(self.cache.cached_file(digest, blob.size)),
+        }
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>, CatalogError> {

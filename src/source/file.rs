@@ -64,6 +64,10 @@ impl FileSource {
 
 /// mtime, inode and size: a file rewritten in place or replaced by a rename
 /// gets a new version.
+pub fn file_version(meta: &std::fs::Metadata) -> String {
+    version_of(meta)
+}
+
 fn version_of(meta: &std::fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
     format!(
@@ -95,6 +99,10 @@ fn pread(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
 impl Source for FileSource {
     fn url(&self) -> &str {
         &self.url
+    }
+
+    fn local_path(&self) -> Option<&Path> {
+        Some(&self.path)
     }
 
     async fn stat(&self) -> Result<Stat, SourceError> {

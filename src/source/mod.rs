@@ -22,7 +22,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use bytes::Bytes;
 
 pub use crate::catalog::ByteStream;
-pub use file::FileSource;
+pub use file::{FileSource, file_version};
 pub use http::HttpSource;
 pub use options::{HttpOptions, S3Addressing, S3Options, SourceOptions};
 pub use redact::{Redacted, redact};
@@ -100,6 +100,12 @@ pub trait Source: Send + Sync + fmt::Debug + 'static {
         len: Option<u64>,
         pin: Option<&Stat>,
     ) -> Result<ByteStream, SourceError>;
+
+    /// The local file behind this source, when it is one: its bytes can
+    /// be served in place (and handed to `sendfile`) instead of copied.
+    fn local_path(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// What kind of source a URL names.

@@ -1,0 +1,499 @@
+//! Blobs read in place from local archives, and the record of which
+//! blobs were verified at which source version.
+//!
+//! A local uncompressed archive (a plain tar, a layout folder, a rootfs
+//! `.tar` that is its own layer) already holds each blob's bytes
+//! contiguously: copying them into the disk cache would only make a second
+//! copy. Such a blob is read from the archive on every request. The first
+//! read at a file version hashes it while it streams (the last byte held
+//! until the digest matched, as for any fill); a match is remembered as
+//! "digest D verified in source S at version V", in memory and as an empty
+//! marker file under `<cache>/verified/`, so later reads — and restarts —
+//! skip the hashing. A new version (mtime, inode, size) is a new key: a
+//! changed file is verified again. Every read checks the file's version
+//! when it opens it and again before the last byte goes out, so a file
+//! rewritten in place mid-read is never served mixed.
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures_util::stream;
+
+use super::{BlobCache, CHUNK, Verified, pread};
+use crate::archive::LocalSpan;
+use crate::image::Digest;
+use crate::metrics::{METRICS, inc};
+use crate::source::{ByteStream, file_version};
+
+/// Changes whenever what a marker means changes.
+const FORMAT: &str = "cartorio-verified-v1";
+
+/// Which (source, version, digest) triples were verified.
+pub struct VerifiedRecord {
+    seen: Mutex<HashSet<Digest>>,
+    /// Where markers are kept across restarts; None: memory only.
+    dir: Option<PathBuf>,
+}
+
+impl VerifiedRecord {
+    /// A record kept in `dir` (created if needed); memory only when `dir`
+    /// is None or cannot be created.
+    pub fn open(dir: Option<PathBuf>) -> VerifiedRecord {
+        let dir = dir.filter(|d| match std::fs::create_dir_all(d) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(dir = %d.display(), "verified blobs will not be remembered across restarts: {e}");
+                false
+            }
+        });
+        VerifiedRecord {
+            seen: Mutex::new(HashSet::new()),
+            dir,
+        }
+    }
+
+    fn key(url: &str, version: &str, digest: &Digest) -> Digest {
+        Digest::of(format!("{FORMAT}\n{url}\n{version}\n{digest}").as_bytes())
+    }
+
+    /// Whether `digest` was verified in `url` at `version`.
+    pub fn contains(&self, url: &str, version: &str, digest: &Digest) -> bool {
+        let key = Self::key(url, version, digest);
+        if self.seen.lock().is_ok_and(|s| s.contains(&key)) {
+            return true;
+        }
+        let on_disk = self
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.join(key.hex()).is_file());
+        if on_disk && let Ok(mut s) = self.seen.lock() {
+            s.insert(key);
+        }
+        on_disk
+    }
+
+    /// Records a verification (the marker is written best effort: losing
+    /// it costs one more hashing pass after a restart).
+    pub fn insert(&self, url: &str, version: &str, digest: &Digest) {
+        let key = Self::key(url, version, digest);
+        let fresh = self.seen.lock().is_ok_and(|mut s| s.insert(key));
+        if let (true, Some(dir)) = (fresh, &self.dir) {
+            let path = dir.join(key.hex());
+            if let Err(e) = File::create(&path) {
+                tracing::debug!(path = %path.display(), "cannot record a verified blob: {e}");
+            }
+        }
+    }
+}
+
+/// Verified bytes of one blob in an open file: a cached blob, or a blob
+/// read in place whose digest was verified at the file's version. What the
+/// zero-copy path hands to `sendfile`, and what other responses stream.
+#[derive(Debug)]
+pub struct FileSpan {
+    pub file: Arc<File>,
+    /// Where the blob's first byte is in the file.
+    pub offset: u64,
+    pub size: u64,
+    /// For a file read in place: the version it had when opened. The last
+    /// byte of a response is sent only if it still has it.
+    pinned: Option<String>,
+}
+
+impl FileSpan {
+    /// A verified cached file (content-addressed: it never changes).
+    pub fn cached(file: File, size: u64) -> FileSpan {
+        FileSpan {
+            file: Arc::new(file),
+            offset: 0,
+            size,
+            pinned: None,
+        }
+    }
+
+    /// Fails when the file is no longer at the version it was opened at
+    /// (rewritten in place while being served).
+    pub fn check(&self) -> io::Result<()> {
+        let Some(pinned) = &self.pinned else {
+            return Ok(());
+        };
+        let now = file_version(&self.file.metadata()?);
+        if &now != pinned {
+            tracing::warn!(
+                was = pinned,
+                now,
+                "archive changed while a blob was served from it; response cut"
+            );
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the archive changed while the blob was being served",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Streams bytes `start..=end` of the blob; the last chunk goes out
+    /// only after [`FileSpan::check`] passed.
+    pub fn stream(self: Arc<Self>, start: u64, end: u64) -> ByteStream {
+        Box::pin(stream::try_unfold(start, move |pos| {
+            let span = self.clone();
+            async move {
+                if pos > end {
+                    return Ok(None);
+                }
+                let want = (end + 1 - pos).min(CHUNK);
+                let b = pread(span.file.clone(), span.offset + pos, want).await?;
+                if b.is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file is shorter than the blob",
+                    ));
+                }
+                let next = pos + b.len() as u64;
+                if next > end {
+                    span.check()?;
+                }
+                Ok(Some((b, next)))
+            }
+        }))
+    }
+}
+
+/// A local span opened at the file's current version.
+struct Opened {
+    span: FileSpan,
+    url: String,
+    version: String,
+}
+
+impl BlobCache {
+    /// Opens the blob's bytes in the local file: checks the file is still
+    /// at the version the index was built from and long enough.
+    async fn open_local(&self, at: &LocalSpan, size: u64) -> io::Result<Opened> {
+        let path = at.path.clone();
+        let (file, version) = tokio::task::spawn_blocking(move || {
+            let f = File::open(&path)?;
+            let meta = f.metadata()?;
+            Ok::<_, io::Error>((f, file_version(&meta), meta.len()))
+        })
+        .await
+        .map_err(io::Error::other)?
+        .and_then(|(f, v, len)| {
+            if at.offset.checked_add(size).is_none_or(|e| e > len) {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} is shorter than the blob it indexed", at.url),
+                ));
+            }
+            Ok((f, v))
+        })?;
+        if let Some(expected) = &at.version
+            && *expected != version
+        {
+            return Err(io::Error::other(format!(
+                "{}: changed since it was indexed (was {expected}, now {version})",
+                at.url
+            )));
+        }
+        Ok(Opened {
+            span: FileSpan {
+                file: Arc::new(file),
+                offset: at.offset,
+                size,
+                pinned: Some(version.clone()),
+            },
+            url: at.url.clone(),
+            version,
+        })
+    }
+
+    /// Bytes `start..=end` of a blob read in place: without hashing when
+    /// it was verified at this version, else hashed as it streams (the
+    /// whole blob, holding the last byte) and remembered once it matched.
+    pub async fn read_in_place(
+        &self,
+        at: &LocalSpan,
+        digest: Digest,
+        size: u64,
+        start: u64,
+        end: u64,
+        label: String,
+    ) -> io::Result<ByteStream> {
+        let o = self.open_local(at, size).await?;
+        inc(&METRICS.in_place_reads);
+        let span = Arc::new(o.span);
+        if self.verified.contains(&o.url, &o.version, &digest) {
+            return Ok(span.stream(start, end));
+        }
+        let record = self.verified.clone();
+        let (url, version) = (o.url, o.version);
+        Ok(Box::pin(Verified::new(
+            span.stream(0, size - 1),
+            digest,
+            size,
+            start,
+            end,
+            label,
+            Box::new(move || record.insert(&url, &version, &digest)),
+        )))
+    }
+
+    /// The blob's bytes in the local file, if they were verified at its
+    /// current version; None when they still need hashing.
+    pub async fn verified_in_place(
+        &self,
+        at: &LocalSpan,
+        digest: Digest,
+        size: u64,
+    ) -> io::Result<Option<FileSpan>> {
+        let o = self.open_local(at, size).await?;
+        if !self.verified.contains(&o.url, &o.version, &digest) {
+            return Ok(None);
+        }
+        inc(&METRICS.in_place_reads);
+        Ok(Some(o.span))
+    }
+
+    /// The blob's verified file in the disk tier, if it is there whole.
+    pub fn cached_file(&self, digest: &Digest, size: u64) -> Option<FileSpan> {
+        let disk = self.disk.as_ref()?;
+        if !disk.contains(digest) {
+            return None;
+        }
+        match File::open(disk.path(digest)) {
+            Ok(f) if f.metadata().is_ok_and(|m| m.len() == size) => {
+                inc(&METRICS.cache_disk_hits);
+                Some(FileSpan::cached(f, size))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheSettings;
+    use futures_util::StreamExt;
+    use std::sync::atomic::Ordering;
+
+    async fn drain(mut s: ByteStream) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            match c {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(_) => return (out, false),
+            }
+        }
+        (out, true)
+    }
+
+    /// A file holding a blob between two pads, and its span.
+    fn archive(dir: &std::path::Path, blob: &[u8]) -> LocalSpan {
+        let path = dir.join("a.tar");
+        let mut data = vec![0u8; 1000];
+        data.extend_from_slice(blob);
+        data.extend_from_slice(&[0u8; 500]);
+        std::fs::write(&path, &data).unwrap();
+        let version = file_version(&std::fs::metadata(&path).unwrap());
+        LocalSpan {
+            url: path.display().to_string(),
+            path,
+            offset: 1000,
+            version: Some(version),
+        }
+    }
+
+    fn hashed() -> u64 {
+        METRICS.blob_bytes_hashed.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verified_once_then_served_without_hashing_and_nothing_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("cache");
+        let cache = BlobCache::new(&CacheSettings {
+            dir: Some(cache_dir.clone()),
+            disk: 1 << 30,
+            memory: 1 << 20,
+        });
+        let blob: Vec<u8> = (0..8_000_000u32).map(|i| (i % 253) as u8).collect();
+        let d = Digest::of(&blob);
+        let size = blob.len() as u64;
+        let at = archive(dir.path(), &blob);
+        assert!(
+            cache
+                .verified_in_place(&at, d, size)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // First read (a range): the whole blob is hashed, the range served.
+        let before = hashed();
+        let s = cache.read_in_place(&at, d, size, 10, 99, "t".into()).await;
+        assert_eq!(drain(s.unwrap()).await, (blob[10..100].to_vec(), true));
+        assert!(
+            hashed() - before >= size,
+            "the first read must hash the blob"
+        );
+
+        // Verified now: ranges and whole reads hash nothing (other tests
+        // run alongside, so compare against this blob's size).
+        let before = hashed();
+        let s = cache
+            .read_in_place(&at, d, size, 0, size - 1, "t".into())
+            .await;
+        assert_eq!(drain(s.unwrap()).await, (blob.clone(), true));
+        let span = cache.verified_in_place(&at, d, size).await.unwrap();
+        let span = Arc::new(span.expect("verified"));
+        assert_eq!(drain(span.stream(5, 5)).await, (blob[5..6].to_vec(), true));
+        assert!(hashed() - before < size, "a verified blob was hashed again");
+
+        // Nothing but the marker was written to the cache folder.
+        assert_eq!(
+            std::fs::read_dir(cache_dir.join("sha256")).unwrap().count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read_dir(cache_dir.join("verified"))
+                .unwrap()
+                .count(),
+            1
+        );
+
+        // A restart remembers it.
+        let again = BlobCache::new(&CacheSettings {
+            dir: Some(cache_dir.clone()),
+            disk: 1 << 30,
+            memory: 0,
+        });
+        assert!(
+            again
+                .verified_in_place(&at, d, size)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_archive_is_cut_and_never_marked_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::new(&CacheSettings {
+            dir: None,
+            disk: 0,
+            memory: 0,
+        });
+        let blob = vec![42u8; 100_000];
+        let wrong = Digest::of(b"not this");
+        let at = archive(dir.path(), &blob);
+        for _ in 0..2 {
+            let s = cache
+                .read_in_place(&at, wrong, 100_000, 0, 99_999, "t".into())
+                .await;
+            let (bytes, ok) = drain(s.unwrap()).await;
+            assert!(!ok && bytes.len() < blob.len());
+            assert!(
+                cache
+                    .verified_in_place(&at, wrong, 100_000)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_file_is_refused_then_verified_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::new(&CacheSettings {
+            dir: None,
+            disk: 0,
+            memory: 0,
+        });
+        let blob = vec![7u8; 200_000];
+        let d = Digest::of(&blob);
+        let at = archive(dir.path(), &blob);
+        let s = cache
+            .read_in_place(&at, d, 200_000, 0, 199_999, "t".into())
+            .await;
+        assert!(drain(s.unwrap()).await.1);
+        assert!(
+            cache
+                .verified_in_place(&at, d, 200_000)
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        // Rewritten (same bytes, new mtime): not the indexed version any more.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let at2 = archive(dir.path(), &blob);
+        assert_ne!(at.version, at2.version);
+        assert!(
+            cache
+                .read_in_place(&at, d, 200_000, 0, 9, "t".into())
+                .await
+                .is_err()
+        );
+        // Re-indexed at the new version: verified again before skipping the hash.
+        assert!(
+            cache
+                .verified_in_place(&at2, d, 200_000)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let s = cache
+            .read_in_place(&at2, d, 200_000, 0, 199_999, "t".into())
+            .await;
+        assert!(drain(s.unwrap()).await.1);
+        assert!(
+            cache
+                .verified_in_place(&at2, d, 200_000)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_rewritten_mid_read_is_cut_before_its_last_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::new(&CacheSettings {
+            dir: None,
+            disk: 0,
+            memory: 0,
+        });
+        let blob: Vec<u8> = (0..2_000_000u32).map(|i| (i % 13) as u8).collect();
+        let d = Digest::of(&blob);
+        let size = blob.len() as u64;
+        let at = archive(dir.path(), &blob);
+        let s = cache
+            .read_in_place(&at, d, size, 0, size - 1, "t".into())
+            .await;
+        assert!(drain(s.unwrap()).await.1);
+        // Verified: served without hashing. Rewrite it in place after the
+        // first chunk went out.
+        let mut s = cache
+            .read_in_place(&at, d, size, 0, size - 1, "t".into())
+            .await
+            .unwrap();
+        let first = s.next().await.unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&at.path)
+                .unwrap();
+            f.write_all_at(b"X", 1000 + size - 1).unwrap();
+        }
+        let (rest, ok) = drain(s).await;
+        assert!(!ok, "a changed file completed a response");
+        assert!((first.len() + rest.len()) < blob.len());
+    }
+}

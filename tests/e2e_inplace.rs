@@ -1,0 +1,229 @@
+//! End-to-end tests of local archives served in place: the real binary, skopeo and curl,
+//! archives on disk. A local uncompressed archive's blobs are read from the archive itself,
+//! never copied into the disk cache; each is hashed the first time it is served at a file
+//! version and served without hashing afterwards (`cartorio_blob_bytes_hashed_total`).
+
+mod common;
+
+use std::fs::{self, FileTimes};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+macro_rules! e2e {
+    () => {
+        if !common::e2e(std::thread::current().name().unwrap_or("?")) {
+            return;
+        }
+    };
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn copy_fixture(name: &str, dir: &Path) -> PathBuf {
+    let to = dir.join(name);
+    fs::copy(fixture(name), &to).unwrap();
+    to
+}
+
+/// Every file under DIR (recursively), with its length.
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push((e.path(), m.len()));
+        }
+    }
+    out
+}
+
+fn metric(server: &Server, name: &str) -> u64 {
+    let text = http("GET", &server.url("/metrics"), &[]).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+fn hashed(server: &Server) -> u64 {
+    metric(server, "cartorio_blob_bytes_hashed_total")
+}
+
+fn pull_checked(server: &Server, name_tag: &str) -> Vec<String> {
+    let (tmp, m) = pull_dir(server, name_tag, &[]);
+    check_dir_blobs(tmp.path(), &m);
+    layer_digests(&m)
+}
+
+/// Offset of the data of the tar entry NAME.
+fn entry_offset(archive: &Path, name: &str) -> u64 {
+    let mut ar = tar::Archive::new(fs::File::open(archive).unwrap());
+    for e in ar.entries().unwrap() {
+        let e = e.unwrap();
+        if e.path().unwrap().to_string_lossy() == name {
+            return e.raw_file_position();
+        }
+    }
+    panic!("{name} not in {}", archive.display());
+}
+
+/// Flips a byte in place and restores the mtime: same version, wrong bytes.
+fn flip_byte_keep_version(p: &Path, offset: u64) {
+    let mtime = fs::metadata(p).unwrap().modified().unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0xff;
+    f.write_all_at(&b, offset).unwrap();
+    f.set_times(FileTimes::new().set_modified(mtime)).unwrap();
+}
+
+/// `curl URL`: (exit code, status, body length, Content-Length).
+fn curl(url: &str) -> (i32, u16, u64, Option<u64>) {
+    let tmp = tempdir();
+    let (h, b) = (tmp.path().join("h"), tmp.path().join("b"));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "-D"])
+        .arg(&h)
+        .arg("-o")
+        .arg(&b)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let headers = fs::read_to_string(&h).unwrap_or_default();
+    let status = headers
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let cl = headers
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok());
+    let len = fs::metadata(&b).map(|m| m.len()).unwrap_or(0);
+    (out.status.code().unwrap_or(-1), status, len, cl)
+}
+
+/// A full pull of a local docker-archive writes no blob into the cache folder (only the
+/// saved index and one empty marker per verified blob); the layers are hashed on the first
+/// pull only, also after a restart.
+#[test]
+fn local_pull_copies_nothing_and_hashes_once() {
+    e2e!();
+    let tmp = tempdir();
+    let archive = copy_fixture("docker-archive.tar", tmp.path());
+    let cache = tmp.path().join("cache");
+    let args = ["--cache-dir", s(&cache), s(&archive)];
+    let server = Server::serve(&args);
+    let layers = pull_checked(&server, "fixture/app:v1");
+    let layer_bytes: u64 = layers
+        .iter()
+        .map(|d| {
+            let name = format!("{}.tar", d.trim_start_matches("sha256:"));
+            let mut ar = tar::Archive::new(fs::File::open(&archive).unwrap());
+            ar.entries()
+                .unwrap()
+                .map(|e| e.unwrap())
+                .find(|e| e.path().unwrap().to_string_lossy() == name)
+                .map(|e| e.size())
+                .unwrap()
+        })
+        .sum();
+    let first = hashed(&server);
+    assert!(
+        first >= layer_bytes,
+        "the first pull hashed {first} bytes, less than its layers ({layer_bytes})"
+    );
+    assert!(metric(&server, "cartorio_in_place_reads_total") >= layers.len() as u64);
+    assert!(files_under(&cache.join("sha256")).is_empty());
+    assert!(files_under(&cache.join("tmp")).is_empty());
+    let markers = files_under(&cache.join("verified"));
+    assert_eq!(markers.len(), layers.len(), "{markers:?}");
+    assert!(markers.iter().all(|(_, len)| *len == 0));
+
+    pull_checked(&server, "fixture/app:v1");
+    assert_eq!(hashed(&server), first, "a warm pull hashed again");
+    drop(server);
+
+    let server = Server::serve(&args);
+    pull_checked(&server, "fixture/app:v1");
+    assert_eq!(
+        hashed(&server),
+        0,
+        "a restarted server hashed verified blobs"
+    );
+    assert!(files_under(&cache.join("sha256")).is_empty());
+}
+
+/// A rewritten archive (new version: same bytes, new inode) is re-indexed and its blobs are
+/// verified again before they are served without hashing.
+#[test]
+fn a_changed_archive_is_verified_again() {
+    e2e!();
+    let tmp = tempdir();
+    let archive = copy_fixture("docker-archive.tar", tmp.path());
+    let server = Server::serve(&["--cache-dir", "none", s(&archive)]);
+    pull_checked(&server, "fixture/app:v1");
+    let first = hashed(&server);
+    pull_checked(&server, "fixture/app:v1");
+    assert_eq!(hashed(&server), first);
+
+    let copy = tmp.path().join("copy.tar");
+    fs::copy(&archive, &copy).unwrap();
+    fs::rename(&copy, &archive).unwrap();
+    // Past the revalidation window (1 s by default).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    pull_checked(&server, "fixture/app:v1");
+    assert!(
+        hashed(&server) >= 2 * first,
+        "the new version was served without being verified"
+    );
+}
+
+/// A local archive whose layer bytes are wrong (same version) is cut before the last byte,
+/// on every request, and never recorded as verified; once fixed, it pulls.
+#[test]
+fn a_corrupt_local_archive_is_cut_and_never_marked_verified() {
+    e2e!();
+    let tmp = tempdir();
+    let archive = copy_fixture("docker-archive.tar", tmp.path());
+    let layer = docker_archive_digests(&archive)[0].2[0].clone();
+    let at = entry_offset(
+        &archive,
+        &format!("{}.tar", layer.trim_start_matches("sha256:")),
+    ) + 1000;
+    flip_byte_keep_version(&archive, at);
+    let cache = tmp.path().join("cache");
+    let server = Server::serve(&["--cache-dir", s(&cache), s(&archive)]);
+    let url = server.url(&format!("/v2/fixture/app/blobs/{layer}"));
+    for _ in 0..2 {
+        let (code, status, len, cl) = curl(&url);
+        let complete = code == 0 && status == 200 && cl == Some(len);
+        assert!(!complete, "a corrupt layer was served whole ({len} bytes)");
+    }
+    assert!(files_under(&cache.join("verified")).is_empty());
+    assert!(files_under(&cache.join("sha256")).is_empty());
+    let log = server.stderr();
+    assert!(
+        log.contains("does not match its digest") && log.contains(&layer),
+        "no mismatch naming {layer} in the log:\n{log}"
+    );
+    flip_byte_keep_version(&archive, at);
+    pull_checked(&server, "fixture/app:v1");
+}
