@@ -30,6 +30,7 @@ mod router;
 mod routes;
 mod server;
 pub mod tls;
+mod zerocopy;
 
 pub use body::ResponseBody;
 pub use frontend::{ADMIN_PATHS, CatalogAccess, Endpoints, Frontend};

@@ -40,7 +40,7 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Under pressure (at the connection cap, or out of file descriptors),
 /// connections idle at least this long are closed to make room.
-const SHED_IDLE_AFTER_MS: u64 = 1000;
+pub(super) const SHED_IDLE_AFTER_MS: u64 = 1000;
 
 /// After an accept error for want of resources, accepting pauses this long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -83,15 +83,15 @@ pub fn default_max_connections() -> usize {
 }
 
 /// What every connection task shares.
-struct Shared {
-    images: Arc<dyn Images>,
-    ready: Arc<Readiness>,
-    front: Arc<Frontend>,
+pub(super) struct Shared {
+    pub(super) images: Arc<dyn Images>,
+    pub(super) ready: Arc<Readiness>,
+    pub(super) front: Arc<Frontend>,
     builder: auto::Builder<TokioExecutor>,
-    limits: Limits,
+    pub(super) limits: Limits,
     /// Wakes connections to close themselves if idle (see
     /// [`SHED_IDLE_AFTER_MS`]).
-    pressure: Notify,
+    pub(super) pressure: Notify,
 }
 
 /// Serves the registry on `listener` with the default [`Limits`].
@@ -191,10 +191,25 @@ pub async fn serve_with(
         let shared = Arc::clone(&shared);
         let stop = stop_rx.clone();
         connections.spawn(async move {
-            let Some(stream) = super::tls::wrap(shared.front.tls.as_ref(), stream).await else {
+            // TLS connections stay with hyper: only plain TCP may take the
+            // sendfile front (zerocopy.rs); HTTP/2 with prior knowledge goes
+            // to hyper too.
+            if shared.front.tls.is_some() {
+                let Some(stream) = super::tls::wrap(shared.front.tls.as_ref(), stream).await else {
+                    return;
+                };
+                serve_io(TokioIo::new(stream), peer, shared, stop, permit).await;
                 return;
-            };
-            serve_io(TokioIo::new(stream), peer, shared, stop, permit).await;
+            }
+            let h2 = tokio::time::timeout(shared.limits.idle_timeout, is_h2_preface(&stream))
+                .await
+                .unwrap_or(false);
+            if h2 {
+                serve_io(TokioIo::new(stream), peer, shared, stop, permit).await;
+            } else {
+                let _open = OpenConnection::new(permit);
+                super::zerocopy::serve_connection(stream, peer, shared, stop).await;
+            }
         });
     }
     shared.ready.set_stopping();
@@ -338,4 +353,22 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         METRICS.connections_open.fetch_sub(1, Relaxed);
     }
+}
+
+/// Whether the client opened with the HTTP/2 connection preface (h2c with
+/// prior knowledge); peeks, so the bytes stay for whoever serves it.
+async fn is_h2_preface(stream: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    let mut buf = [0u8; 14];
+    for _ in 0..100 {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => {
+                return buf[..n] == PREFACE[..n];
+            }
+            // A preface split across packets: wait for the rest.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+    false
 }
