@@ -564,6 +564,26 @@ impl Archive {
         }
     }
 
+    /// Whether a blob at `at` can be read by pinned range reads of the
+    /// source, without reading (or decompressing) from its start.
+    pub fn ranged(&self, at: &BlobAt) -> bool {
+        matches!(
+            (&self.container, at),
+            (
+                Container::Tar(_)
+                    | Container::Streamed {
+                        compression: None,
+                        ranged: true,
+                        ..
+                    },
+                BlobAt::Member(_)
+            ) | (
+                Container::Tar(_) | Container::Streamed { ranged: true, .. },
+                BlobAt::Whole
+            )
+        )
+    }
+
     /// Where a blob's bytes lie in a local file, when they can be read in
     /// place: a member of a plain tar (or of a layout folder), or the
     /// archive file itself as stored (a rootfs layer). None for anything

@@ -13,15 +13,21 @@
 //! changed file is verified again. Every read checks the file's version
 //! when it opens it and again before the last byte goes out, so a file
 //! rewritten in place mid-read is never served mixed.
+//!
+//! The same record serves remote sources when the disk tier cannot take a
+//! blob (no cache, full, read-only): once a blob was verified at a version,
+//! a range of it is one range read pinned to that version (If-Match), not
+//! a read and hash of the whole blob.
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use futures_util::future::BoxFuture;
 use futures_util::stream;
 
-use super::{BlobCache, CHUNK, Verified, pread};
+use super::{BlobCache, CHUNK, Fetch, Verified, pread};
 use crate::archive::LocalSpan;
 use crate::image::Digest;
 use crate::metrics::{METRICS, inc};
@@ -161,6 +167,19 @@ impl FileSpan {
     }
 }
 
+/// Opens bytes `offset..offset+len` of a blob, pinned to its source's version.
+pub type RangeFetch =
+    Arc<dyn Fn(u64, u64) -> BoxFuture<'static, io::Result<ByteStream>> + Send + Sync>;
+
+/// Where a blob of a remote source lives, for the verification record: the
+/// source, its version, and pinned range reads of the blob.
+#[derive(Clone)]
+pub struct Origin {
+    pub url: String,
+    pub version: String,
+    pub range: RangeFetch,
+}
+
 /// A local span opened at the file's current version.
 struct Opened {
     span: FileSpan,
@@ -254,6 +273,51 @@ impl BlobCache {
         }
         inc(&METRICS.in_place_reads);
         Ok(Some(o.span))
+    }
+
+    /// A blob read straight from its source (no disk tier to fill): a
+    /// pinned range read when the blob was verified at this version, else
+    /// the whole blob hashed as it streams and recorded once it matched.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn direct(
+        &self,
+        digest: Digest,
+        size: u64,
+        start: u64,
+        end: u64,
+        label: String,
+        fetch: Fetch,
+        origin: Option<Origin>,
+    ) -> io::Result<ByteStream> {
+        let Some(origin) = origin else {
+            return Ok(Box::pin(Verified::new(
+                super::counted(fetch().await?),
+                digest,
+                size,
+                start,
+                end,
+                label,
+                Box::new(|| {}),
+            )));
+        };
+        if self
+            .verified
+            .contains(&origin.url, &origin.version, &digest)
+        {
+            return Ok(super::counted(
+                (origin.range)(start, end + 1 - start).await?,
+            ));
+        }
+        let record = self.verified.clone();
+        Ok(Box::pin(Verified::new(
+            super::counted(fetch().await?),
+            digest,
+            size,
+            start,
+            end,
+            label,
+            Box::new(move || record.insert(&origin.url, &origin.version, &digest)),
+        )))
     }
 
     /// The blob's verified file in the disk tier, if it is there whole.
@@ -377,6 +441,86 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+    }
+
+    /// A source of `data` whose whole reads and range reads are counted.
+    fn origin(
+        data: Vec<u8>,
+        lie: bool,
+        whole: Arc<std::sync::atomic::AtomicUsize>,
+        ranges: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> (Fetch, Origin) {
+        let mut served = data.clone();
+        if lie {
+            served[7] ^= 1;
+        }
+        let served = bytes::Bytes::from(served);
+        let s2 = served.clone();
+        let fetch: Fetch = Arc::new(move || {
+            whole.fetch_add(1, Ordering::SeqCst);
+            let b = s2.clone();
+            Box::pin(async move {
+                let chunks: Vec<io::Result<bytes::Bytes>> =
+                    b.chunks(4096).map(|c| Ok(b.slice_ref(c))).collect();
+                Ok(Box::pin(stream::iter(chunks)) as ByteStream)
+            })
+        });
+        let range: RangeFetch = Arc::new(move |off, len| {
+            ranges.fetch_add(1, Ordering::SeqCst);
+            let b = served.slice(off as usize..(off + len) as usize);
+            Box::pin(async move { Ok(Box::pin(stream::once(async move { Ok(b) })) as ByteStream) })
+        });
+        let o = Origin {
+            url: "http://x/a.tar".into(),
+            version: "\"etag\"".into(),
+            range,
+        };
+        (fetch, o)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_disk_tier_a_verified_blob_is_read_by_ranges() {
+        use std::sync::atomic::AtomicUsize;
+        let cache = Arc::new(BlobCache::new(&CacheSettings {
+            dir: None,
+            disk: 0,
+            memory: 0,
+        }));
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
+        let d = Digest::of(&data);
+        let (whole, ranges) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+
+        // A lying source: cut, and not recorded (the next read hashes again).
+        let (f, o) = origin(data.clone(), true, whole.clone(), ranges.clone());
+        for _ in 0..2 {
+            let s = cache.read(d, 100_000, 0, 0, "t".into(), f.clone(), Some(o.clone()));
+            assert!(!drain(s.await.unwrap()).await.1);
+        }
+        assert_eq!(
+            (whole.load(Ordering::SeqCst), ranges.load(Ordering::SeqCst)),
+            (2, 0)
+        );
+
+        // An honest one: the first range reads the whole blob; later ones one range each.
+        let (f, o) = origin(data.clone(), false, whole.clone(), ranges.clone());
+        let s = cache.read(d, 100_000, 0, 0, "t".into(), f.clone(), Some(o.clone()));
+        assert_eq!(drain(s.await.unwrap()).await, (data[..1].to_vec(), true));
+        for (a, b) in [(0u64, 0u64), (500, 99_999), (99_999, 99_999)] {
+            let s = cache.read(d, 100_000, a, b, "t".into(), f.clone(), Some(o.clone()));
+            let want = data[a as usize..=b as usize].to_vec();
+            assert_eq!(drain(s.await.unwrap()).await, (want, true));
+        }
+        assert_eq!(
+            (whole.load(Ordering::SeqCst), ranges.load(Ordering::SeqCst)),
+            (3, 3)
+        );
+
+        // Another version of the source is another key: verified again.
+        let (f, mut o) = origin(data.clone(), false, whole.clone(), ranges.clone());
+        o.version = "\"other\"".into();
+        let s = cache.read(d, 100_000, 9, 9, "t".into(), f, Some(o));
+        assert!(drain(s.await.unwrap()).await.1);
+        assert_eq!(whole.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 pub use disk::{DiskCache, ScrubReport, scrub};
 pub use index::IndexStore;
-pub use inplace::{FileSpan, VerifiedRecord};
+pub use inplace::{FileSpan, Origin, RangeFetch, VerifiedRecord};
 pub use verify::Verified;
 
 use crate::image::{Digest, Hasher};
@@ -151,6 +151,7 @@ impl BlobCache {
 
     /// Bytes `start..=end` of the blob `digest` (of `size` bytes), from
     /// memory, disk, or one shared upstream read through `fetch`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn read(
         self: &Arc<Self>,
         digest: Digest,
@@ -159,6 +160,7 @@ impl BlobCache {
         end: u64,
         label: String,
         fetch: Fetch,
+        origin: Option<Origin>,
     ) -> io::Result<ByteStream> {
         if start > end || end >= size {
             return Err(io::Error::new(
@@ -176,15 +178,9 @@ impl BlobCache {
             return Ok(once(b.slice(start as usize..=end as usize)));
         }
         let Some(disk) = &self.disk else {
-            return Ok(Box::pin(Verified::new(
-                counted(fetch().await?),
-                digest,
-                size,
-                start,
-                end,
-                label,
-                Box::new(|| {}),
-            )));
+            return self
+                .direct(digest, size, start, end, label, fetch, origin)
+                .await;
         };
         if disk.contains(&digest)
             && let Some(hit) = self.disk_hit(disk, digest, size, start, end).await?
@@ -195,15 +191,9 @@ impl BlobCache {
         let flight = self.flight(digest, size, label.clone(), fetch.clone())?;
         let Some(flight) = flight else {
             // The cache cannot take it: straight from upstream.
-            return Ok(Box::pin(Verified::new(
-                counted(fetch().await?),
-                digest,
-                size,
-                start,
-                end,
-                label,
-                Box::new(|| {}),
-            )));
+            return self
+                .direct(digest, size, start, end, label, fetch, origin)
+                .await;
         };
         // Wait for the source's first bytes, so a source that fails at once
         // is answered with an error status instead of a cut 200.
@@ -733,7 +723,7 @@ mod tests {
             };
             tasks.push(tokio::spawn(async move {
                 let s = cache
-                    .read(d, size, start, end, "t".into(), f)
+                    .read(d, size, start, end, "t".into(), f, None)
                     .await
                     .unwrap();
                 (start, end, drain(s).await)
@@ -752,7 +742,7 @@ mod tests {
         );
         let (bytes, ok) = drain(
             cache
-                .read(d, size, 0, size - 1, "t".into(), f)
+                .read(d, size, 0, size - 1, "t".into(), f, None)
                 .await
                 .unwrap(),
         )
@@ -772,7 +762,7 @@ mod tests {
         let liar = fetcher(data.clone(), calls.clone(), true);
         let (bytes, ok) = drain(
             cache
-                .read(d, size, 0, size - 1, "t".into(), liar)
+                .read(d, size, 0, size - 1, "t".into(), liar, None)
                 .await
                 .unwrap(),
         )
@@ -788,7 +778,7 @@ mod tests {
         let honest = fetcher(data.clone(), calls.clone(), false);
         let (bytes, ok) = drain(
             cache
-                .read(d, size, 0, size - 1, "t".into(), honest)
+                .read(d, size, 0, size - 1, "t".into(), honest, None)
                 .await
                 .unwrap(),
         )
@@ -808,14 +798,26 @@ mod tests {
         let d = Digest::of(&data);
         let calls = Arc::new(AtomicUsize::new(0));
         let f = fetcher(data.clone(), calls.clone(), false);
-        let (bytes, ok) = drain(cache.read(d, 5000, 100, 199, "t".into(), f).await.unwrap()).await;
+        let (bytes, ok) = drain(
+            cache
+                .read(d, 5000, 100, 199, "t".into(), f, None)
+                .await
+                .unwrap(),
+        )
+        .await;
         assert!(ok && bytes == data[100..200]);
         // The cache dir becoming unwritable later: the read still works.
         let dir2 = tempfile::tempdir().unwrap();
         let cache = Arc::new(BlobCache::new(&settings(dir2.path())));
         std::fs::remove_dir_all(dir2.path().join("tmp")).unwrap();
         let f = fetcher(data.clone(), calls.clone(), false);
-        let (bytes, ok) = drain(cache.read(d, 5000, 0, 4999, "t".into(), f).await.unwrap()).await;
+        let (bytes, ok) = drain(
+            cache
+                .read(d, 5000, 0, 4999, "t".into(), f, None)
+                .await
+                .unwrap(),
+        )
+        .await;
         assert!(ok && bytes == data);
     }
 
@@ -833,14 +835,20 @@ mod tests {
         let f = fetcher(data.clone(), calls.clone(), false);
         let _ = drain(
             cache
-                .read(d, 3000, 0, 2999, "t".into(), f.clone())
+                .read(d, 3000, 0, 2999, "t".into(), f.clone(), None)
                 .await
                 .unwrap(),
         )
         .await;
         // Gone from disk, still served: it is in memory.
         std::fs::remove_file(dir.path().join("sha256").join(d.hex())).unwrap();
-        let (bytes, ok) = drain(cache.read(d, 3000, 10, 19, "t".into(), f).await.unwrap()).await;
+        let (bytes, ok) = drain(
+            cache
+                .read(d, 3000, 10, 19, "t".into(), f, None)
+                .await
+                .unwrap(),
+        )
+        .await;
         assert!(ok && bytes == data[10..20]);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
@@ -863,14 +871,17 @@ mod tests {
             }));
             let (bytes, ok) = drain(
                 cache
-                    .read(d, 3000, 0, 2999, "t".into(), f.clone())
+                    .read(d, 3000, 0, 2999, "t".into(), f.clone(), None)
                     .await
                     .unwrap(),
             )
             .await;
             assert!(ok && bytes == data);
             for (size, end) in [(5000, 4999), (100, 99)] {
-                let e = match cache.read(d, size, 0, end, "t".into(), f.clone()).await {
+                let e = match cache
+                    .read(d, size, 0, end, "t".into(), f.clone(), None)
+                    .await
+                {
                     Err(e) => e,
                     Ok(_) => panic!("size {size} served (memory {memory})"),
                 };
@@ -884,7 +895,7 @@ mod tests {
             );
             let (bytes, ok) = drain(
                 cache
-                    .read(d, 3000, 5, 9, "t".into(), f.clone())
+                    .read(d, 3000, 5, 9, "t".into(), f.clone(), None)
                     .await
                     .unwrap(),
             )
@@ -906,14 +917,20 @@ mod tests {
         let f = fetcher(data.clone(), calls.clone(), false);
         let _ = drain(
             cache
-                .read(d, 9000, 0, 8999, "t".into(), f.clone())
+                .read(d, 9000, 0, 8999, "t".into(), f.clone(), None)
                 .await
                 .unwrap(),
         )
         .await;
         let path = dir.path().join("sha256").join(d.hex());
         std::fs::write(&path, &data[..100]).unwrap();
-        let (bytes, ok) = drain(cache.read(d, 9000, 0, 8999, "t".into(), f).await.unwrap()).await;
+        let (bytes, ok) = drain(
+            cache
+                .read(d, 9000, 0, 8999, "t".into(), f, None)
+                .await
+                .unwrap(),
+        )
+        .await;
         assert!(ok && bytes == data);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert_eq!(std::fs::read(&path).unwrap(), data);
@@ -929,11 +946,11 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let f = fetcher(data.clone(), calls.clone(), false);
         let first = cache
-            .read(d, 50_000, 0, 49_999, "t".into(), f.clone())
+            .read(d, 50_000, 0, 49_999, "t".into(), f.clone(), None)
             .await
             .unwrap();
         match cache
-            .read(d, 40_000, 0, 39_999, "t".into(), f.clone())
+            .read(d, 40_000, 0, 39_999, "t".into(), f.clone(), None)
             .await
         {
             Err(e) => assert_eq!(e.kind(), io::ErrorKind::InvalidData),
@@ -960,7 +977,7 @@ mod tests {
         let cache = Arc::new(BlobCache::new(&settings(dir.path())));
         let _ = drain(
             cache
-                .read(d, 70_000, 0, 69_999, "t".into(), f.clone())
+                .read(d, 70_000, 0, 69_999, "t".into(), f.clone(), None)
                 .await
                 .unwrap(),
         )
@@ -978,7 +995,7 @@ mod tests {
         let cache = Arc::new(BlobCache::new(&settings(dir.path())));
         let _ = drain(
             cache
-                .read(d, 70_000, 0, 69_999, "t".into(), f.clone())
+                .read(d, 70_000, 0, 69_999, "t".into(), f.clone(), None)
                 .await
                 .unwrap(),
         )
@@ -990,7 +1007,7 @@ mod tests {
         let cache = Arc::new(BlobCache::new(&settings(dir.path())));
         let (bytes, ok) = drain(
             cache
-                .read(d, 70_000, 100, 69_999, "t".into(), f)
+                .read(d, 70_000, 100, 69_999, "t".into(), f, None)
                 .await
                 .unwrap(),
         )

@@ -114,7 +114,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::archive::{BlobAt, Root};
-use crate::cache::{BlobCache, Fetch};
+use crate::cache::{BlobCache, Fetch, Origin};
 use crate::config::{ImageSpec, RouteSpec};
 use crate::image::media;
 use crate::source::Sources;
@@ -449,6 +449,28 @@ impl Images for Catalog {
                 .await
                 .map_err(|e| CatalogError::Source(label, e.to_string()));
         }
+        // Range reads pinned to the archive's version, for a blob verified
+        // at that version when the disk tier cannot take it.
+        let origin = archive.ranged(&at).then(|| {
+            let (archive, at) = (archive.clone(), at.clone());
+            Origin {
+                url: archive.describe(),
+                version: archive.stat.version.clone(),
+                range: Arc::new(move |offset, len| {
+                    let (archive, at) = (archive.clone(), at.clone());
+                    Box::pin(async move {
+                        let r = match &at {
+                            BlobAt::Member(name) => match archive.member(name) {
+                                Ok(e) => archive.member_stream(e, offset, len).await,
+                                Err(e) => Err(e),
+                            },
+                            _ => archive.whole_stream(offset, len).await,
+                        };
+                        r.map_err(std::io::Error::other)
+                    })
+                }),
+            }
+        });
         let fetch: Fetch = Arc::new(move || {
             let archive = archive.clone();
             let at = at.clone();
@@ -459,7 +481,7 @@ impl Images for Catalog {
             })
         });
         self.cache
-            .read(*digest, size, start, end, label.clone(), fetch)
+            .read(*digest, size, start, end, label.clone(), fetch, origin)
             .await
             .map_err(|e| match e.kind() {
                 // The archive's descriptor disagrees with the blob's
