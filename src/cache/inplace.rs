@@ -320,19 +320,23 @@ impl BlobCache {
         )))
     }
 
-    /// The blob's verified file in the disk tier, if it is there whole.
-    pub fn cached_file(&self, digest: &Digest, size: u64) -> Option<FileSpan> {
+    /// The blob's file in the disk tier, if it is there whole and this
+    /// process has hashed or written it (a file found at start-up is
+    /// checked by the ordinary read path first).
+    pub async fn cached_file(&self, digest: &Digest, size: u64) -> Option<FileSpan> {
         let disk = self.disk.as_ref()?;
-        if !disk.contains(digest) {
+        if !disk.contains(digest) || !disk.is_verified(digest) {
             return None;
         }
-        match File::open(disk.path(digest)) {
-            Ok(f) if f.metadata().is_ok_and(|m| m.len() == size) => {
-                inc(&METRICS.cache_disk_hits);
-                Some(FileSpan::cached(f, size))
-            }
-            _ => None,
-        }
+        let path = disk.path(digest);
+        let f = tokio::task::spawn_blocking(move || {
+            let f = File::open(path).ok()?;
+            f.metadata().is_ok_and(|m| m.len() == size).then_some(f)
+        })
+        .await
+        .ok()??;
+        inc(&METRICS.cache_disk_hits);
+        Some(FileSpan::cached(f, size))
     }
 }
 

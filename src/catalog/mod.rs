@@ -512,7 +512,7 @@ impl Images for Catalog {
                 .verified_in_place(&span, *digest, blob.size)
                 .await
                 .map_err(|e| CatalogError::Source(loaded.archive.describe(), e.to_string())),
-            None => Ok(self.cache.cached_file(digest, blob.size)),
+            None => Ok(self.cache.cached_file(digest, blob.size).await),
         }
     }
 
