@@ -201,14 +201,15 @@ pub async fn serve_with(
                 serve_io(TokioIo::new(stream), peer, shared, stop, permit).await;
                 return;
             }
-            let h2 = tokio::time::timeout(shared.limits.idle_timeout, is_h2_preface(&stream))
-                .await
-                .unwrap_or(false);
-            if h2 {
-                serve_io(TokioIo::new(stream), peer, shared, stop, permit).await;
-            } else {
-                let _open = OpenConnection::new(permit);
-                super::zerocopy::serve_connection(stream, peer, shared, stop).await;
+            let mut stop = stop;
+            match super::zerocopy::opening(&stream, peer, &shared, &mut stop).await {
+                // Idle, shed or shutting down before its first byte.
+                None => {}
+                Some(true) => serve_io(TokioIo::new(stream), peer, shared, stop, permit).await,
+                Some(false) => {
+                    let _open = OpenConnection::new(permit);
+                    super::zerocopy::serve_connection(stream, peer, shared, stop).await;
+                }
             }
         });
     }
@@ -353,22 +354,4 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         METRICS.connections_open.fetch_sub(1, Relaxed);
     }
-}
-
-/// Whether the client opened with the HTTP/2 connection preface (h2c with
-/// prior knowledge); peeks, so the bytes stay for whoever serves it.
-async fn is_h2_preface(stream: &tokio::net::TcpStream) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
-    let mut buf = [0u8; 14];
-    for _ in 0..100 {
-        match stream.peek(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => {
-                return buf[..n] == PREFACE[..n];
-            }
-            // A preface split across packets: wait for the rest.
-            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
-        }
-    }
-    false
 }

@@ -62,6 +62,54 @@ pub struct ZeroCopy {
     pub end: u64,
 }
 
+/// Waits for a new connection's first bytes, under the same limits as a
+/// connection between requests (idle timeout, shedding under pressure,
+/// shutdown): whether it opens with the HTTP/2 preface (h2c with prior
+/// knowledge, for hyper) or not (HTTP/1.x, for this front); None when it
+/// was closed first. Peeks, so the bytes stay for whoever serves them.
+pub(super) async fn opening(
+    stream: &TcpStream,
+    peer: std::net::SocketAddr,
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<bool> {
+    let since = Instant::now();
+    let deadline = tokio::time::sleep(shared.limits.idle_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            h2 = is_h2_preface(stream) => return h2,
+            () = &mut deadline => {
+                inc(&METRICS.connections_closed_idle);
+                tracing::debug!(%peer, "closing an idle connection");
+                return None;
+            }
+            _ = shared.pressure.notified() => {
+                if since.elapsed().as_millis() as u64 >= SHED_IDLE_AFTER_MS {
+                    inc(&METRICS.connections_shed);
+                    return None;
+                }
+            }
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
+async fn is_h2_preface(stream: &TcpStream) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    let mut buf = [0u8; 14];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => {
+                return Some(buf[..n] == PREFACE[..n]);
+            }
+            // A preface split across packets: wait for the rest.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
 /// Serves one plain HTTP/1.x connection until the client closes it, it
 /// goes idle or stalls, an error, or `stop` (between requests).
 pub(super) async fn serve_connection(
