@@ -31,6 +31,12 @@
 #          (`cartorio inspect --json` bytes_read; nginx's $body_bytes_sent for http sources)
 #       6. 20 concurrent cold pulls of one image: upstream bytes and wall time vs one pull
 #       7. peak RSS (VmHWM) of every server
+#       8. one cold stream of the largest layer from an http:// source vs the sha256 rate of the
+#          sha2 crate on one core (examples/sha256_rate), in the same run
+#       9. a full skopeo pull of the local docker-archive: bytes under the cache folder and the
+#          process's write_bytes (/proc/PID/io): the index only, no layer copy
+#      10. decompression in a streaming pass (`cartorio inspect` of the archive gzip'ed and
+#          zstd'ed whole) vs `gzip -dc` and `zstd -dc` of the same files
 #     Remote-source rows (4, 5 http, 6) run only when `cartorio inspect http://...` works in
 #     this build; otherwise they print "skipped: remote sources not available in this build".
 #   * everything lives in one temp dir (TMPDIR honoured), removed at exit (KEEP_TMP=1 keeps
@@ -58,7 +64,7 @@ START=$(date +%s)
 # --- tools ------------------------------------------------------------------------------------
 declare -A TOOLS=(
   [nginx-light]=nginx [docker-registry]=docker-registry [skopeo]=skopeo [umoci]=umoci
-  [wrk]=wrk [curl]=curl [python3]=python3
+  [wrk]=wrk [curl]=curl [python3]=python3 [zstd]=zstd
 )
 missing=()
 for pkg in "${!TOOLS[@]}"; do
@@ -84,6 +90,9 @@ else
   step "cargo build --release"
   cargo build --release --quiet
   BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/cartorio
+  # the sha256 rate of the hasher cartorio uses (measurement 8's ceiling)
+  cargo build --release --quiet --example sha256_rate
+  SHA256_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/sha256_rate
 fi
 [ -x "$BIN" ] || { echo "bench.sh: $BIN is not executable" >&2; exit 1; }
 
@@ -114,6 +123,7 @@ ARGS=(--tmp "$TMP" --bin "$BIN" --images "$TMP/images")
 [ -n "$QUICK" ] && ARGS+=(--quick)
 [ -n "$ROUNDS" ] && ARGS+=(--rounds "$ROUNDS")
 [ -n "$ONLY" ] && ARGS+=(--only "$ONLY")
+[ -n "${SHA256_BIN:-}" ] && ARGS+=(--sha256-bin "$SHA256_BIN")
 # in the background, so that a signal runs the trap at once (bash defers traps while it
 # waits for a foreground command); the trap kills run.py and then every server it started
 rc=0
