@@ -694,8 +694,9 @@ fn flipped_bit_in_a_cached_file_heals() {
     e2e!();
     let tmp = tempdir();
     let archive = fixture("docker-archive.tar");
+    let (_ng, url) = upstream(&archive);
     let cache = tmp.path().join("cache");
-    let args = ["--cache-dir", s(&cache), s(&archive)];
+    let args = ["--cache-dir", s(&cache), &url];
     let server = Server::serve(&args);
     let layers = pull_checked(&server, "fixture/app:v1");
     drop(server);
