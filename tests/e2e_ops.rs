@@ -2,6 +2,7 @@
 //! leave in the metrics. The images are rootfs tarballs written here, so
 //! these tests need neither the fixture script nor skopeo.
 mod common;
+mod servers;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use servers::TestServer;
 
 /// A rootfs tarball holding one file of `size` bytes that do not compress.
 fn rootfs(dir: &Path, size: usize) -> std::path::PathBuf {
@@ -70,7 +72,9 @@ fn silent_sockets_under_a_low_fd_limit_leave_others_served() {
     }
     let tmp = tempdir();
     let image = rootfs(tmp.path(), 1 << 16);
-    let arg = format!("app:v1={}", image.display());
+    let ng = TestServer::nginx(image.parent().expect("folder"));
+    let name = image.file_name().and_then(|n| n.to_str()).expect("name");
+    let arg = format!("app:v1={}", ng.url(&format!("/{name}")));
     // 64 descriptors, hard limit too (so start-up cannot raise it), and a
     // connection cap above that: accept hits EMFILE.
     let server = Server::try_start_wrapped(
@@ -129,7 +133,9 @@ fn idle_connections_and_stalled_readers_are_closed_and_their_fds_freed() {
     let size = 16 << 20;
     let image = rootfs(tmp.path(), size);
     let layer = sha256_file(&image);
-    let arg = format!("app:v1={}", image.display());
+    let ng = TestServer::nginx(image.parent().expect("folder"));
+    let name = image.file_name().and_then(|n| n.to_str()).expect("name");
+    let arg = format!("app:v1={}", ng.url(&format!("/{name}")));
     let server = Server::serve(&[
         "--cache-dir",
         "none",
@@ -343,6 +349,8 @@ fn no_secret_reaches_a_client_or_the_log() {
 
 /// Blob bytes read from the source are counted whether or not the cache
 /// keeps them: with no disk tier, and with a disk tier that cannot write.
+/// The archive sits behind nginx: a local archive is read in place and
+/// never goes through the cache at all.
 #[test]
 fn source_bytes_are_counted_when_the_cache_cannot_keep_them() {
     if !e2e("source_bytes_are_counted_when_the_cache_cannot_keep_them") {
@@ -353,7 +361,9 @@ fn source_bytes_are_counted_when_the_cache_cannot_keep_them() {
     // A rootfs tarball is its own layer: the blob is the whole file.
     let size = std::fs::metadata(&image).expect("stat").len();
     let layer = sha256_file(&image);
-    let arg = format!("app:v1={}", image.display());
+    let ng = TestServer::nginx(image.parent().expect("folder"));
+    let name = image.file_name().and_then(|n| n.to_str()).expect("name");
+    let arg = format!("app:v1={}", ng.url(&format!("/{name}")));
     let pull = |server: &Server| {
         let r = http("GET", &server.url(&format!("/v2/app/blobs/{layer}")), &[]);
         assert_eq!(r.status, 200, "{}", r.text());
