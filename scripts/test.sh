@@ -112,7 +112,7 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo test"
 results=$(mktemp)
-cargo test --all-targets --locked 2>&1 | tee "$results"
+cargo test --all-targets --locked --no-fail-fast 2>&1 | tee "$results"
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$results"
 rm -f "$results"
