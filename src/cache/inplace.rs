@@ -344,19 +344,9 @@ impl BlobCache {
 mod tests {
     use super::*;
     use crate::cache::CacheSettings;
+    use crate::cache::tests::drain;
     use futures_util::StreamExt;
     use std::sync::atomic::Ordering;
-
-    async fn drain(mut s: ByteStream) -> (Vec<u8>, bool) {
-        let mut out = Vec::new();
-        while let Some(c) = s.next().await {
-            match c {
-                Ok(b) => out.extend_from_slice(&b),
-                Err(_) => return (out, false),
-            }
-        }
-        (out, true)
-    }
 
     /// A file holding a blob between two pads, and its span.
     fn archive(dir: &std::path::Path, blob: &[u8]) -> LocalSpan {

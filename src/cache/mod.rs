@@ -684,7 +684,8 @@ mod tests {
         })
     }
 
-    async fn drain(mut s: ByteStream) -> (Vec<u8>, bool) {
+    /// Reads a stream to its end: its bytes, and whether it ended cleanly.
+    pub(super) async fn drain(mut s: ByteStream) -> (Vec<u8>, bool) {
         let mut out = Vec::new();
         while let Some(c) = s.next().await {
             match c {
