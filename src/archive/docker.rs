@@ -3,7 +3,7 @@
 //! files. The config's `rootfs.diff_ids` are the sha256 of the uncompressed
 //! layer tars, so a manifest is built from manifest.json, the config and
 //! the tar headers alone, without reading a layer.
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -67,8 +67,9 @@ pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
         format: Some(Format::DockerArchive),
         ..Default::default()
     };
+    let mut seen = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
-        let img = image(archive, e, &mut ix).await.map_err(|err| {
+        let img = image(archive, e, &mut ix, &mut seen).await.map_err(|err| {
             ArchiveError::Format(format!("manifest.json image {i} ({}): {err}", e.config))
         })?;
         ix.images.push(img);
@@ -76,7 +77,60 @@ pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
     Ok(ix)
 }
 
-async fn image(archive: &Archive, e: &Entry, ix: &mut Indexed) -> Result<FoundImage, ArchiveError> {
+/// What one layer member turned out to be: learnt once per archive, so a
+/// layer that several images (or one image twice) list is sniffed and, when
+/// compressed outside `blobs/`, read and hashed once, not once per mention.
+#[derive(Clone, Copy)]
+struct Seen {
+    kind: LayerKind,
+    digest: Digest,
+    /// Whether the digest is the config's diff_id (an uncompressed layer
+    /// outside `blobs/`): a claim, which another mention must repeat.
+    claimed: bool,
+}
+
+/// The kind and digest of the layer stored in `entry`, whose uncompressed
+/// digest is `diff_id`.
+async fn layer(
+    archive: &Archive,
+    entry: &super::Entry,
+    diff_id: Digest,
+) -> Result<Seen, ArchiveError> {
+    let head = archive.member_head(entry).await?;
+    let (kind, compression) = match Compression::sniff(&head) {
+        None => (LayerKind::Tar, None),
+        Some(Compression::Gzip) => (LayerKind::Gzip, Some(Compression::Gzip)),
+        Some(Compression::Zstd) => (LayerKind::Zstd, Some(Compression::Zstd)),
+    };
+    let claimed = compression.is_none() && digest_from_blob_path(&entry.name).is_none();
+    let digest = match (digest_from_blob_path(&entry.name), compression) {
+        (Some(d), _) => d,
+        (None, None) => diff_id,
+        (None, Some(c)) => {
+            // A compressed layer outside blobs/: its digest is not
+            // written anywhere, so it has to be read once.
+            tracing::info!(
+                archive = archive.describe(),
+                layer = entry.name,
+                "hashing a compressed layer to learn its digest"
+            );
+            let s = archive.member_stream(entry, 0, entry.size).await?;
+            Archive::hash_stream(s, Some(c)).await?.stored.0
+        }
+    };
+    Ok(Seen {
+        kind,
+        digest,
+        claimed,
+    })
+}
+
+async fn image(
+    archive: &Archive,
+    e: &Entry,
+    ix: &mut Indexed,
+    seen: &mut HashMap<String, Seen>,
+) -> Result<FoundImage, ArchiveError> {
     let config_bytes: Bytes = archive.read_member(&e.config).await?;
     let config: Config = serde_json::from_slice(&config_bytes)
         .map_err(|err| ArchiveError::Format(format!("config {} is not valid: {err}", e.config)))?;
@@ -92,25 +146,20 @@ async fn image(archive: &Archive, e: &Entry, ix: &mut Indexed) -> Result<FoundIm
     let mut layers = Vec::new();
     for (path, diff_id) in e.layers.iter().zip(&config.rootfs.diff_ids) {
         let entry = archive.member(path)?;
-        let head = archive.member_head(entry).await?;
-        let (kind, compression) = match Compression::sniff(&head) {
-            None => (LayerKind::Tar, None),
-            Some(Compression::Gzip) => (LayerKind::Gzip, Some(Compression::Gzip)),
-            Some(Compression::Zstd) => (LayerKind::Zstd, Some(Compression::Zstd)),
-        };
-        let digest = match (digest_from_blob_path(&entry.name), compression) {
-            (Some(d), _) => d,
-            (None, None) => *diff_id,
-            (None, Some(c)) => {
-                // A compressed layer outside blobs/: its digest is not
-                // written anywhere, so it has to be read once.
-                tracing::info!(
-                    archive = archive.describe(),
-                    layer = path,
-                    "hashing a compressed layer to learn its digest"
-                );
-                let s = archive.member_stream(entry, 0, entry.size).await?;
-                Archive::hash_stream(s, Some(c)).await?.stored.0
+        // Keyed by the entry links resolve to: `abc/layer.tar` and the
+        // file it links to are one layer.
+        let Seen { kind, digest, .. } = match seen.get(&entry.name) {
+            Some(s) if s.claimed && s.digest != *diff_id => {
+                return Err(ArchiveError::Format(format!(
+                    "layer {path} is listed with diff_id {diff_id}, and elsewhere with {}",
+                    s.digest
+                )));
+            }
+            Some(s) => *s,
+            None => {
+                let s = layer(archive, entry, *diff_id).await?;
+                seen.insert(entry.name.clone(), s);
+                s
             }
         };
         ix.blobs.insert(

@@ -134,6 +134,58 @@ async fn open(dir: &Path, name: &str, bytes: &[u8]) -> Result<Arc<Archive>, Arch
     open_path(&write(dir, name, bytes)).await
 }
 
+/// A file source that counts the bytes it delivers (range reads and
+/// streams), so a test can tell how often an archive's bytes are read.
+#[derive(Debug)]
+struct Counting(crate::source::FileSource, Arc<std::sync::atomic::AtomicU64>);
+
+impl Counting {
+    fn open(
+        p: &Path,
+    ) -> (
+        Arc<dyn crate::source::Source>,
+        Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let f = crate::source::FileSource::new(p.display().to_string(), p.to_path_buf());
+        (Arc::new(Counting(f, n.clone())), n)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::source::Source for Counting {
+    fn url(&self) -> &str {
+        self.0.url()
+    }
+    async fn stat(&self) -> Result<crate::source::Stat, crate::source::SourceError> {
+        self.0.stat().await
+    }
+    async fn read_range(
+        &self,
+        o: u64,
+        l: u64,
+        p: Option<&crate::source::Stat>,
+    ) -> Result<bytes::Bytes, crate::source::SourceError> {
+        let b = self.0.read_range(o, l, p).await?;
+        self.1
+            .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(b)
+    }
+    async fn stream(
+        &self,
+        o: u64,
+        l: Option<u64>,
+        p: Option<&crate::source::Stat>,
+    ) -> Result<ByteStream, crate::source::SourceError> {
+        use futures_util::TryStreamExt;
+        let n = self.1.clone();
+        let s = self.0.stream(o, l, p).await?;
+        Ok(Box::pin(s.inspect_ok(move |b| {
+            n.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        })))
+    }
+}
+
 async fn index_default(a: &Arc<Archive>) -> Result<Indexed, ArchiveError> {
     index(a, &ImageConfig::default()).await
 }
@@ -847,6 +899,85 @@ async fn docker_archive_gzip_layer_outside_blobs_is_hashed() {
     let m = doc(&ix, &generated(&ix.images[0].root).0);
     assert_eq!(m["layers"][0]["mediaType"], json!(media::OCI_LAYER_GZIP));
     assert_eq!(blob_bytes(&a, &ix, &gd).await, gz);
+}
+
+/// Defect 5: a compressed layer outside `blobs/` that several images (and
+/// one image twice) list is read and hashed once per archive, not once per
+/// mention; every image gets its right digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_shared_compressed_layer_is_read_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = layer_tar(&[("big", &noise(400_000, 5))]);
+    let gz = gzip(&inner).await;
+    let own = layer_tar(&[("own", b"x")]);
+    let diff = Digest::of(&inner);
+    let c1 = docker_config(&[diff]);
+    let c2 = docker_config(&[diff, Digest::of(&own)]);
+    let c3 = docker_config(&[diff, diff]);
+    let mut t = Tar::new();
+    t.file("shared/layer.tar", &gz)
+        .symlink("alias/layer.tar", "../shared/layer.tar")
+        .file("own/layer.tar", &own)
+        .file("c1.json", &c1)
+        .file("c2.json", &c2)
+        .file("c3.json", &c3)
+        .file(
+            "manifest.json",
+            &manifest_json(&[
+                ("c1.json", &["a:1"], &["shared/layer.tar"]),
+                ("c2.json", &["b:1"], &["alias/layer.tar", "own/layer.tar"]),
+                (
+                    "c3.json",
+                    &["c:1"],
+                    &["shared/layer.tar", "alias/layer.tar"],
+                ),
+            ]),
+        );
+    let p = write(tmp.path(), "t.tar", &t.finish());
+    let (src, read) = Counting::open(&p);
+    let a = Arc::new(Archive::open(src).await.unwrap());
+    let before = read.load(std::sync::atomic::Ordering::Relaxed);
+    let ix = index_default(&a).await.unwrap();
+    let during = read.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let len = gz.len() as u64;
+    // Four mentions of the layer; one read of it (plus a sniffed head).
+    assert!(
+        (len..len + 4096).contains(&during),
+        "indexing read {during} bytes for a {len}-byte layer listed four times"
+    );
+    let gd = Digest::of(&gz);
+    assert_eq!(ix.images.len(), 3);
+    assert_eq!(ix.images[0].layers, [(gd, len)]);
+    assert_eq!(
+        ix.images[1].layers,
+        [(gd, len), (Digest::of(&own), own.len() as u64)]
+    );
+    assert_eq!(ix.images[2].layers, [(gd, len), (gd, len)]);
+    assert_eq!(blob_bytes(&a, &ix, &gd).await, gz);
+}
+
+/// An uncompressed layer's digest is its diff_id, a claim: two images
+/// claiming different digests for one file is an error, not a coin toss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_archive_layer_with_two_diff_ids_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layer_tar(&[("x", b"y")]);
+    let c1 = docker_config(&[Digest::of(&l)]);
+    let c2 = docker_config(&[Digest::of(b"something else")]);
+    let mut t = Tar::new();
+    t.file("l.tar", &l)
+        .file("c1.json", &c1)
+        .file("c2.json", &c2)
+        .file(
+            "manifest.json",
+            &manifest_json(&[
+                ("c1.json", &["a:1"], &["l.tar"]),
+                ("c2.json", &["b:1"], &["l.tar"]),
+            ]),
+        );
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
+    let err = index_default(&a).await.unwrap_err().to_string();
+    assert!(err.contains("l.tar is listed with diff_id"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
