@@ -508,6 +508,20 @@ impl Archive {
                 e.name, e.size
             )));
         }
+        if let Container::Dir(root) = &self.container {
+            let f = FileSource::new(e.name.clone(), root.join(&e.name));
+            return Ok(f.stream(start, Some(len), None).await?);
+        }
+        let at = e
+            .offset
+            .checked_add(start)
+            .ok_or_else(|| ArchiveError::Corrupt(format!("{} lies past any offset", e.name)))?;
+        self.tar_span(at, len).await
+    }
+
+    /// Streams `len` bytes of the tar stream (decompressed, when the
+    /// archive is compressed) from offset `at`.
+    pub(crate) async fn tar_span(&self, at: u64, len: u64) -> Result<ByteStream, ArchiveError> {
         match &self.container {
             // A plain tar, also when it was indexed in one pass: ranges.
             Container::Tar(s)
@@ -515,24 +529,18 @@ impl Archive {
                 source: s,
                 compression: None,
                 ranged: true,
-            } => Ok(s
-                .stream(e.offset + start, Some(len), Some(&self.stat))
-                .await?),
-            Container::Dir(root) => {
-                let f = FileSource::new(e.name.clone(), root.join(&e.name));
-                Ok(f.stream(start, Some(len), None).await?)
-            }
+            } => Ok(s.stream(at, Some(len), Some(&self.stat)).await?),
+            Container::Dir(_) => Err(ArchiveError::Format(
+                "a directory is not a tar stream".into(),
+            )),
             Container::Streamed {
                 source,
                 compression: Some(c),
                 ..
             } => {
-                // Decompress from the nearest seek point before the member
-                // (the start when there is none). The cache makes this a
+                // Decompress from the nearest seek point before `at` (the
+                // start when there is none). The cache makes this a
                 // one-time cost.
-                let at = e.offset.checked_add(start).ok_or_else(|| {
-                    ArchiveError::Corrupt(format!("{} lies past any offset", e.name))
-                })?;
                 self.seek.stream(source, &self.stat, *c, at, len).await
             }
             Container::Streamed {
@@ -540,9 +548,9 @@ impl Archive {
                 compression: None,
                 ..
             } => {
-                // No random access: read up to the member.
+                // No random access: read up to `at`.
                 let raw = source.stream(0, None, Some(&self.stat)).await?;
-                skip_take(decoder(raw, None), e.offset + start, len).await
+                skip_take(decoder(raw, None), at, len).await
             }
         }
     }

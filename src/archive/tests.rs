@@ -1704,6 +1704,121 @@ async fn concourse_unpacked_rootfs_is_repacked_without_its_prefix() {
     assert_eq!(again.images[0].layers[0].0, ld);
 }
 
+/// Defect 4: a Concourse `rootfs/` tree of many files in a gzip archive is
+/// re-packed in one pass: indexing reads the archive once to build the TOC
+/// and once to hash the layer, a cold serve once — not once per file — and
+/// the layer is byte for byte the tar a builder writes of the same tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concourse_rootfs_of_many_files_is_repacked_in_one_pass() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const FILES: usize = 2000;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut outer = Tar::new();
+    let mut expected = tar::Builder::new(Vec::new());
+    let head = |kind, size| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(size);
+        h.set_entry_type(kind);
+        h
+    };
+    outer
+        .file("metadata.json", br#"{"env":["A=b"]}"#)
+        .dir("rootfs");
+    for i in 0..FILES {
+        if i % 100 == 0 {
+            let d = format!("d{}", i / 100);
+            outer.dir(&format!("rootfs/{d}"));
+            expected
+                .append_data(
+                    &mut head(tar::EntryType::Directory, 0),
+                    format!("{d}/"),
+                    std::io::empty(),
+                )
+                .unwrap();
+        }
+        let data = noise(200 + i % 300, i as u64);
+        let name = format!("d{}/f{i}", i / 100);
+        outer.file(&format!("rootfs/{name}"), &data);
+        expected
+            .append_data(
+                &mut head(tar::EntryType::Regular, data.len() as u64),
+                &name,
+                &data[..],
+            )
+            .unwrap();
+    }
+    outer
+        .symlink("rootfs/link", "d0/f0")
+        .hardlink("rootfs/hard", "rootfs/d0/f0");
+    expected
+        .append_link(&mut head(tar::EntryType::Symlink, 0), "link", "d0/f0")
+        .unwrap();
+    expected
+        .append_link(&mut head(tar::EntryType::Link, 0), "hard", "d0/f0")
+        .unwrap();
+    let expected = expected.into_inner().unwrap();
+    let plain = outer.finish();
+    let gz = gzip(&plain).await;
+
+    for (name, bytes) in [("c.tgz", &gz), ("c.tar", &plain)] {
+        let size = bytes.len() as u64;
+        let (src, read) = Counting::open(&write(tmp.path(), name, bytes));
+        let a = Arc::new(Archive::open(src).await.unwrap());
+        let opened = read.load(Relaxed);
+        let ix = index_default(&a).await.unwrap();
+        assert_eq!(ix.format, Some(Format::Concourse));
+        let indexing = read.load(Relaxed) - opened;
+        let (ld, lsize) = ix.images[0].layers[0];
+        let served = read.load(Relaxed);
+        let layer = blob_bytes(&a, &ix, &ld).await;
+        let serving = read.load(Relaxed) - served;
+        assert!(
+            opened <= size + 4096,
+            "{name}: opening read {opened} of {size}"
+        );
+        assert!(
+            indexing <= size,
+            "{name}: hashing the layer read {indexing} bytes of a {size}-byte archive"
+        );
+        assert!(
+            serving <= size,
+            "{name}: serving the layer read {serving} bytes of a {size}-byte archive"
+        );
+        assert_eq!(lsize, expected.len() as u64, "{name}");
+        assert!(layer == expected, "{name}: the re-packed layer differs");
+        assert_eq!(ld, Digest::of(&expected), "{name}");
+    }
+}
+
+/// Headers and padding between members are cut into one segment each, so
+/// the segment list stays proportional to the files (and is built in one
+/// pass) however many directories and links sit between them.
+#[test]
+fn repack_segments_alternate_generated_bytes_and_members() {
+    let mut t = Tar::new();
+    t.dir("rootfs");
+    for i in 0..50 {
+        t.dir(&format!("rootfs/d{i}"))
+            .symlink(&format!("rootfs/d{i}/l"), "x");
+        t.file(&format!("rootfs/d{i}/f"), b"data");
+    }
+    let bytes = t.finish();
+    let mut ar = tar::Archive::new(&bytes[..]);
+    let toc = super::toc::walk(ar.entries().unwrap(), None, false, None).unwrap();
+    let r = super::repack::repack(&toc, "rootfs/").unwrap();
+    assert_eq!(r.segments.len(), 2 * 50 + 1);
+    for (i, s) in r.segments.iter().enumerate() {
+        let member = matches!(s, super::repack::Segment::Member(_));
+        assert_eq!(member, i % 2 == 1, "segment {i}");
+    }
+    // 50 × (dir + symlink + file header, 512 bytes of data block) + end.
+    assert_eq!(r.size, 50 * (3 * 512 + 512) + 1024);
+}
+
 // ---------------------------------------------------------------------------
 // 8. Whole-archive compression
 
