@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod image;
+pub mod logging;
 pub mod metrics;
 pub mod registry;
 pub mod rlimit;

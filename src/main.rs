@@ -11,6 +11,7 @@ use cartorio::cache::BlobCache;
 use cartorio::catalog::{Catalog, DEFAULT_REVALIDATE, Location};
 use cartorio::config::{CacheConfig, Config, DEFAULT_LISTEN, ImageSpec};
 use cartorio::image::{ImageConfig, RepoName, Tag};
+use cartorio::logging::LogFormat;
 use cartorio::registry::tls::{Tls, TlsFiles};
 use cartorio::registry::{Endpoints, Frontend, Readiness};
 use cartorio::source::Sources;
@@ -24,6 +25,10 @@ use cartorio::source::Sources;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or as one JSON object per line (stderr; filter
+    /// with RUST_LOG, default info)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -260,15 +265,8 @@ fn duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    cartorio::logging::init(cli.log_format);
     // One descriptor per connection: take what the hard limit allows.
     if let Some(n) = cartorio::rlimit::raise_nofile() {
         tracing::debug!(nofile = n, "open-file limit");
@@ -283,7 +281,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    cartorio::logging::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cartorio: {e}");

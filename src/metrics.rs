@@ -43,6 +43,9 @@ pub struct Metrics {
     pub connections_open: AtomicU64,
     pub connections_closed_idle: AtomicU64,
     pub connections_closed_write_timeout: AtomicU64,
+    /// Connections closed because a request head did not arrive whole
+    /// within the idle timeout (slow or half-sent headers).
+    pub connections_closed_header_timeout: AtomicU64,
     /// Idle connections closed to make room (at the cap, out of fds).
     pub connections_shed: AtomicU64,
     pub accept_errors: AtomicU64,
@@ -95,6 +98,7 @@ impl Metrics {
             connections_open: AtomicU64::new(0),
             connections_closed_idle: AtomicU64::new(0),
             connections_closed_write_timeout: AtomicU64::new(0),
+            connections_closed_header_timeout: AtomicU64::new(0),
             connections_shed: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             auth_rejected: zeros(),
@@ -136,7 +140,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 18] = [
+        let counters: [(&str, &str, &AtomicU64); 19] = [
             (
                 "cartorio_cache_memory_hits_total",
                 "Blob reads served from the memory tier.",
@@ -203,6 +207,11 @@ impl Metrics {
                 &self.connections_closed_write_timeout,
             ),
             (
+                "cartorio_connections_closed_header_timeout_total",
+                "Connections closed because a request head did not arrive whole within the idle timeout.",
+                &self.connections_closed_header_timeout,
+            ),
+            (
                 "cartorio_connections_shed_total",
                 "Idle connections closed to make room (at the connection cap or out of file descriptors).",
                 &self.connections_shed,
@@ -258,6 +267,65 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Which tier served a blob read, for the request log. The cache and the
+/// in-place reader say so where they decide; the server reads it back
+/// after the handler (a task-local, set only inside [`tracking_tier`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tier {
+    /// No blob bytes (manifests, lists, errors, HEAD).
+    #[default]
+    None,
+    /// The memory tier.
+    Memory,
+    /// A verified file in the disk tier, streamed.
+    Disk,
+    /// A cold blob: this request started the fill.
+    Fill,
+    /// A fill under way that this request followed.
+    Follower,
+    /// Straight from the source, the cache not taking it.
+    Source,
+    /// A local uncompressed archive read where it lies.
+    InPlace,
+    /// A verified file sent with sendfile(2) (disk tier or in place).
+    ZeroCopy,
+}
+
+impl Tier {
+    /// The label in log lines; None for [`Tier::None`].
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Tier::None => None,
+            Tier::Memory => Some("memory"),
+            Tier::Disk => Some("disk"),
+            Tier::Fill => Some("fill"),
+            Tier::Follower => Some("follower"),
+            Tier::Source => Some("source"),
+            Tier::InPlace => Some("in_place"),
+            Tier::ZeroCopy => Some("zero_copy"),
+        }
+    }
+}
+
+tokio::task_local! {
+    static TIER: std::cell::Cell<Tier>;
+}
+
+/// Records the tier serving the current request (nothing outside
+/// [`tracking_tier`]).
+pub fn served(tier: Tier) {
+    let _ = TIER.try_with(|t| t.set(tier));
+}
+
+/// Runs `f`, returning its output and the last tier it recorded.
+pub async fn tracking_tier<F: std::future::Future>(f: F) -> (F::Output, Tier) {
+    TIER.scope(std::cell::Cell::new(Tier::None), async {
+        let out = f.await;
+        (out, TIER.try_with(|t| t.get()).unwrap_or_default())
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -393,3 +393,201 @@ fn source_bytes_are_counted_when_the_cache_cannot_keep_them() {
     assert_eq!(metric(&server, "cartorio_upstream_blob_bytes_total"), size);
     assert!(metric(&server, "cartorio_cache_write_errors_total") >= 1);
 }
+
+/// The JSON lines of a server's stderr (after the request-line buffer is
+/// written out); panics on a line that is not a JSON object.
+fn json_log(server: &Server) -> Vec<serde_json::Value> {
+    std::thread::sleep(Duration::from_millis(400));
+    server
+        .stderr()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// The request lines of a JSON log.
+fn access_lines(log: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    log.iter()
+        .filter(|v| v["target"] == "cartorio::access")
+        .collect()
+}
+
+/// `--log-format json`: one line per request with the client's request id
+/// (or one made up and echoed), what was asked, the status, the body bytes
+/// and the tier; lines logged while handling a request carry its id.
+#[test]
+fn json_request_logs_name_the_request_and_the_tier() {
+    if !e2e("json_request_logs_name_the_request_and_the_tier") {
+        return;
+    }
+    let tmp = tempdir();
+    let image = rootfs(tmp.path(), 1 << 20);
+    let layer = sha256_file(&image);
+    let size = std::fs::metadata(&image).expect("stat").len();
+    let ng = TestServer::nginx(image.parent().expect("folder"));
+    let name = image.file_name().and_then(|n| n.to_str()).expect("name");
+    let arg = format!("app:v1={}", ng.url(&format!("/{name}")));
+    let cache = tmp.path().join("cache");
+    let server = Server::serve(&[
+        "--log-format",
+        "json",
+        "--cache-dir",
+        cache.to_str().expect("path"),
+        &arg,
+    ]);
+    let m = http(
+        "GET",
+        &server.url("/v2/app/manifests/v1"),
+        &[
+            ACCEPT_MANIFESTS,
+            "X-Request-Id: 4bf92f35-77b3-4da6-a3ce-929d0e0e4736",
+        ],
+    );
+    assert_eq!(m.status, 200, "{}", m.text());
+    assert_eq!(
+        m.header("x-request-id"),
+        Some("4bf92f35-77b3-4da6-a3ce-929d0e0e4736")
+    );
+    let blob = format!("/v2/app/blobs/{layer}");
+    // Cold: this request fills the cache. Warm: the verified file goes out
+    // with sendfile (plain HTTP/1.1).
+    let cold = http("GET", &server.url(&blob), &["X-Request-Id: cold-1"]);
+    assert_eq!(sha256(&cold.body), layer);
+    let warm = http("GET", &server.url(&blob), &["X-Request-Id: warm-1"]);
+    assert_eq!(sha256(&warm.body), layer);
+    let head = http("HEAD", &server.url(&blob), &["X-Request-Id: head-1"]);
+    assert_eq!(head.status, 200);
+    // An id that could forge a log field is replaced, and the new one echoed.
+    let odd = http(
+        "GET",
+        &server.url("/v2/app/manifests/nope"),
+        &["X-Request-Id: x\" \"level\":\"ERROR"],
+    );
+    assert_eq!(odd.status, 404);
+    let made = odd.header("x-request-id").expect("an id").to_string();
+    assert_eq!(made.len(), 16, "{made}");
+    assert!(made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
+
+    let log = json_log(&server);
+    let lines = access_lines(&log);
+    let by_id = |id: &str| {
+        *lines
+            .iter()
+            .find(|l| l["request_id"] == id)
+            .unwrap_or_else(|| panic!("no request line for {id} in {lines:#?}"))
+    };
+    let l = by_id("4bf92f35-77b3-4da6-a3ce-929d0e0e4736");
+    assert_eq!(l["method"], "GET");
+    assert_eq!(l["repository"], "app");
+    assert_eq!(l["reference"], "v1");
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["bytes"], m.body.len() as u64);
+    assert_eq!(l["complete"], true);
+    assert!(l["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{l}");
+    assert!(l["tier"].is_null(), "a manifest has no blob tier: {l}");
+    let l = by_id("cold-1");
+    assert_eq!(l["reference"], layer.as_str());
+    assert_eq!(l["tier"], "fill", "{l}");
+    assert_eq!(l["bytes"], size);
+    let l = by_id("warm-1");
+    assert_eq!(l["tier"], "zero_copy", "{l}");
+    assert_eq!(l["bytes"], size);
+    let l = by_id("head-1");
+    assert_eq!(
+        (l["method"].as_str(), l["bytes"].as_u64()),
+        (Some("HEAD"), Some(0))
+    );
+    let l = by_id(&made);
+    assert_eq!(
+        (l["status"].as_u64(), l["reference"].as_str()),
+        (Some(404), Some("nope"))
+    );
+    drop(server);
+
+    // A warning logged while handling a request carries its id: a cache
+    // folder that cannot take the blob, served from the source.
+    let cache = tmp.path().join("cache2");
+    let server = Server::serve(&[
+        "--log-format",
+        "json",
+        "--cache-dir",
+        cache.to_str().expect("path"),
+        &arg,
+    ]);
+    for sub in ["sha256", "tmp"] {
+        let _ = std::fs::remove_dir_all(cache.join(sub));
+    }
+    std::fs::write(cache.join("tmp"), b"not a folder").expect("write");
+    let r = http("GET", &server.url(&blob), &["X-Request-Id: ro-1"]);
+    assert_eq!(sha256(&r.body), layer);
+    let log = json_log(&server);
+    let warn = log
+        .iter()
+        .find(|v| {
+            v["level"] == "WARN"
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("cannot write"))
+        })
+        .unwrap_or_else(|| panic!("no cache warning in {log:#?}"));
+    assert_eq!(warn["request_id"], "ro-1", "{warn}");
+    let l = access_lines(&log)
+        .into_iter()
+        .find(|l| l["request_id"] == "ro-1")
+        .expect("request line");
+    assert_eq!(l["tier"], "source", "{l}");
+
+    // A whole pull with skopeo: a request line for each of its requests,
+    // every one of them a JSON object.
+    let dest = tmp.path().join("pulled");
+    skopeo_copy(
+        &[],
+        &server.docker_ref("app:v1"),
+        &format!("dir:{}", dest.display()),
+    );
+    let log = json_log(&server);
+    let lines = access_lines(&log);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["repository"] == "app" && l["reference"] == "v1" && l["status"] == 200),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().all(|l| l["request_id"].as_str().is_some()));
+}
+
+/// The text format names the same fields.
+#[test]
+fn text_request_logs_carry_the_request_id() {
+    if !e2e("text_request_logs_carry_the_request_id") {
+        return;
+    }
+    let tmp = tempdir();
+    let image = rootfs(tmp.path(), 4096);
+    let arg = format!("app:v1={}", image.display());
+    let server = Server::serve(&[&arg]);
+    let r = http(
+        "GET",
+        &server.url("/v2/app/manifests/v1"),
+        &[ACCEPT_MANIFESTS, "X-Request-Id: text-1"],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("text-1"));
+    std::thread::sleep(Duration::from_millis(400));
+    let stderr = server.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("cartorio::access") && l.contains("request_id=\"text-1\""))
+        .unwrap_or_else(|| panic!("no request line:\n{stderr}"));
+    for want in [
+        "method=\"GET\"",
+        "repository=\"app\"",
+        "reference=\"v1\"",
+        "status=200",
+    ] {
+        assert!(line.contains(want), "{want} in {line}");
+    }
+}

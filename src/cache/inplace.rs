@@ -242,6 +242,7 @@ impl BlobCache {
     ) -> io::Result<ByteStream> {
         let o = self.open_local(at, size).await?;
         inc(&METRICS.in_place_reads);
+        crate::metrics::served(crate::metrics::Tier::InPlace);
         let span = Arc::new(o.span);
         if self.verified.contains(&o.url, &o.version, &digest) {
             return Ok(span.stream(start, end));
@@ -272,6 +273,7 @@ impl BlobCache {
             return Ok(None);
         }
         inc(&METRICS.in_place_reads);
+        crate::metrics::served(crate::metrics::Tier::InPlace);
         Ok(Some(o.span))
     }
 
@@ -289,6 +291,7 @@ impl BlobCache {
         fetch: Fetch,
         origin: Option<Origin>,
     ) -> io::Result<ByteStream> {
+        crate::metrics::served(crate::metrics::Tier::Source);
         let Some(origin) = origin else {
             return Ok(Box::pin(Verified::new(
                 super::counted(fetch().await?),
@@ -336,6 +339,7 @@ impl BlobCache {
         .await
         .ok()??;
         inc(&METRICS.cache_disk_hits);
+        crate::metrics::served(crate::metrics::Tier::Disk);
         Some(FileSpan::cached(f, size))
     }
 }

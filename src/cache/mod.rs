@@ -175,6 +175,7 @@ impl BlobCache {
                 return Err(size_conflict(&digest, b.len() as u64, size));
             }
             inc(&METRICS.cache_memory_hits);
+            crate::metrics::served(crate::metrics::Tier::Memory);
             return Ok(once(b.slice(start as usize..=end as usize)));
         }
         let Some(disk) = &self.disk else {
@@ -186,6 +187,7 @@ impl BlobCache {
             && let Some(hit) = self.disk_hit(disk, digest, size, start, end).await?
         {
             inc(&METRICS.cache_disk_hits);
+            crate::metrics::served(crate::metrics::Tier::Disk);
             return Ok(hit);
         }
         let flight = self.flight(digest, size, label.clone(), fetch.clone())?;
@@ -301,6 +303,7 @@ impl BlobCache {
                 return Err(size_conflict(&digest, f.size, size));
             }
             inc(&METRICS.cache_fill_joins);
+            crate::metrics::served(crate::metrics::Tier::Follower);
             return Ok(Some(f.clone()));
         }
         let tmp = disk.temp_path(&digest);
@@ -313,6 +316,7 @@ impl BlobCache {
             }
         };
         inc(&METRICS.cache_fills);
+        crate::metrics::served(crate::metrics::Tier::Fill);
         let (tx, rx) = watch::channel(Progress::Writing(0));
         let flight = Arc::new(Flight {
             tmp: tmp.clone(),

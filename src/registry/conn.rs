@@ -22,6 +22,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::body::ResponseBody;
+use super::log::Access;
 
 /// Milliseconds since the process's first call: a cheap, monotonic clock
 /// that fits an atomic.
@@ -164,9 +165,19 @@ impl Drop for InFlight {
 /// A response body that tells its connection when the peer takes its
 /// frames. The head counts as held until the body is first polled: an
 /// HTTP/2 peer that never opens its window never gets the body polled.
+///
+/// With an [`Access`] it also logs the request line when it is dropped
+/// (finished, or cut with its connection), with the body bytes taken.
 pub struct Tracked {
     inner: ResponseBody,
     flight: InFlight,
+    log: Option<Logged>,
+}
+
+struct Logged {
+    access: Access,
+    bytes: u64,
+    complete: bool,
 }
 
 impl Tracked {
@@ -174,7 +185,29 @@ impl Tracked {
         if !inner.is_end_stream() {
             flight.hold();
         }
-        Tracked { inner, flight }
+        Tracked {
+            inner,
+            flight,
+            log: None,
+        }
+    }
+
+    /// Logs `access` once the body is done with.
+    pub fn logged(mut self, access: Access) -> Tracked {
+        self.log = Some(Logged {
+            access,
+            bytes: 0,
+            complete: self.inner.is_end_stream(),
+        });
+        self
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(l) = &self.log {
+            l.access.finish(l.bytes, l.complete);
+        }
     }
 }
 
@@ -189,8 +222,22 @@ impl Body for Tracked {
         // Being polled again means the last frame was taken.
         self.flight.release();
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = &polled {
-            self.flight.hold();
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.flight.hold();
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                let end = self.inner.is_end_stream();
+                if let Some(l) = &mut self.log {
+                    l.bytes += n;
+                    l.complete = end;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(l) = &mut self.log {
+                    l.complete = true;
+                }
+            }
+            _ => {}
         }
         polled
     }

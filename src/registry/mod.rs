@@ -22,6 +22,7 @@ mod body;
 mod conn;
 mod error;
 mod frontend;
+mod log;
 mod pagination;
 mod query;
 mod range;

@@ -23,7 +23,6 @@ use tokio::task::JoinSet;
 use super::conn::{ConnState, InFlight, Tracked, Verdict, instant_at, now_ms};
 use super::frontend::Frontend;
 use super::ready::Readiness;
-use super::router::handle_with;
 use crate::catalog::Images;
 use crate::metrics::{METRICS, inc};
 
@@ -293,8 +292,8 @@ async fn serve_io<I>(
             let flight = InFlight::start(&state);
             let shared = Arc::clone(&shared);
             async move {
-                let resp = handle_with(&*shared.images, &shared.ready, &shared.front, req).await;
-                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, flight)))
+                let (resp, access) = super::log::handle(&shared, req).await;
+                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, flight).logged(access)))
             }
         })
     };

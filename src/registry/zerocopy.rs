@@ -41,7 +41,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::body::ResponseBody;
-use super::router::handle_with;
 use super::server::{SHED_IDLE_AFTER_MS, Shared};
 use crate::catalog::FileSpan;
 use crate::metrics::{METRICS, inc};
@@ -129,12 +128,8 @@ pub(super) async fn serve_connection(
         tokio::pin!(deadline);
         let parsed = loop {
             tokio::select! {
-                r = read_head(&mut stream, &mut buf) => break r,
-                () = &mut deadline => {
-                    inc(&METRICS.connections_closed_idle);
-                    tracing::debug!(%peer, "closing an idle connection");
-                    return;
-                }
+                r = read_head(&mut stream, &mut buf) => break Some(r),
+                () = &mut deadline => break None,
                 _ = shared.pressure.notified() => {
                     if since.elapsed().as_millis() as u64 >= SHED_IDLE_AFTER_MS {
                         inc(&METRICS.connections_shed);
@@ -143,6 +138,17 @@ pub(super) async fn serve_connection(
                 }
                 _ = stop.changed() => return,
             }
+        };
+        let Some(parsed) = parsed else {
+            // Nothing, or a head that did not arrive whole in time.
+            if buf.is_empty() {
+                inc(&METRICS.connections_closed_idle);
+                tracing::debug!(%peer, "closing an idle connection");
+            } else {
+                inc(&METRICS.connections_closed_header_timeout);
+                tracing::debug!(%peer, "closing a connection whose request head did not arrive in time");
+            }
+            return;
         };
         let parsed = match parsed {
             Ok(Some(p)) => p,
@@ -159,15 +165,38 @@ pub(super) async fn serve_connection(
                 *resp.status_mut() = status;
                 resp.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-                let _ =
-                    write_response(&mut stream, resp, false, Version::HTTP_11, false, write).await;
+                let _ = write_response(
+                    &mut stream,
+                    resp,
+                    false,
+                    Version::HTTP_11,
+                    false,
+                    write,
+                    &mut 0,
+                )
+                .await;
                 return;
             }
         };
         let head = req.method() == Method::HEAD;
         let version = req.version();
-        let resp = handle_with(&*shared.images, &shared.ready, &shared.front, req).await;
-        if let Err(e) = write_response(&mut stream, resp, keep_alive, version, head, write).await {
+        let (resp, mut access) = super::log::handle(&shared, req).await;
+        if !head && resp.extensions().get::<ZeroCopy>().is_some() {
+            access.tier = crate::metrics::Tier::ZeroCopy;
+        }
+        let mut sent = 0;
+        let written = write_response(
+            &mut stream,
+            resp,
+            keep_alive,
+            version,
+            head,
+            write,
+            &mut sent,
+        )
+        .await;
+        access.finish(sent, written.is_ok());
+        if let Err(e) = written {
             if e.kind() == io::ErrorKind::TimedOut {
                 inc(&METRICS.connections_closed_write_timeout);
                 tracing::info!(%peer, "dropping a response its client stopped reading");
@@ -275,6 +304,7 @@ async fn write_response(
     version: Version,
     head_only: bool,
     write: Duration,
+    sent: &mut u64,
 ) -> io::Result<()> {
     let zero_copy = resp.extensions_mut().remove::<ZeroCopy>();
     let status = resp.status();
@@ -327,17 +357,21 @@ async fn write_response(
     }
     if let Some(z) = zero_copy {
         write_all(stream, write, &out).await?;
-        return send_span(stream, &z, write).await;
+        return send_span(stream, &z, write, sent).await;
     }
     let mut body = resp.into_body();
     // Small whole bodies (manifests, JSON) go out with the head.
     if !chunked && exact.is_some_and(|n| n as usize <= COALESCE) {
+        let mut n = 0;
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
                 out.put_slice(&data);
+                n += data.len() as u64;
             }
         }
-        return write_all(stream, write, &out).await;
+        write_all(stream, write, &out).await?;
+        *sent += n;
+        return Ok(());
     }
     write_all(stream, write, &out).await?;
     while let Some(frame) = body.frame().await {
@@ -356,6 +390,7 @@ async fn write_response(
         } else {
             write_all(stream, write, &data).await?;
         }
+        *sent += data.len() as u64;
     }
     if chunked {
         write_all(stream, write, b"0\r\n\r\n").await?;
@@ -371,13 +406,18 @@ async fn write_all(stream: &mut TcpStream, write: Duration, data: &[u8]) -> io::
 
 /// Sends bytes `start..=end` of a verified span with `sendfile`, all but
 /// the last byte, then checks the file, then the last byte.
-async fn send_span(stream: &mut TcpStream, z: &ZeroCopy, write: Duration) -> io::Result<()> {
+async fn send_span(
+    stream: &mut TcpStream,
+    z: &ZeroCopy,
+    write: Duration,
+    sent: &mut u64,
+) -> io::Result<()> {
     let from = z.span.offset + z.start;
     let len = z.end + 1 - z.start;
     advise(&z.span.file, from, len);
-    sendfile(stream, &z.span.file, from, len - 1, write).await?;
+    sendfile(stream, &z.span.file, from, len - 1, write, sent).await?;
     z.span.check()?;
-    sendfile(stream, &z.span.file, from + len - 1, 1, write).await
+    sendfile(stream, &z.span.file, from + len - 1, 1, write, sent).await
 }
 
 /// Tells the kernel the range will be read soon (readahead for a cold
@@ -400,6 +440,7 @@ async fn sendfile(
     mut from: u64,
     mut len: u64,
     write: Duration,
+    total: &mut u64,
 ) -> io::Result<()> {
     let out = stream.as_raw_fd();
     let inp = file.as_raw_fd();
@@ -432,6 +473,7 @@ async fn sendfile(
             .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
         from += sent;
         len -= sent;
+        *total += sent;
         // Let other connections on this worker run between large sends.
         tokio::task::consume_budget().await;
     }
