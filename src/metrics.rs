@@ -244,7 +244,7 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
-        out.push_str("# HELP cartorio_connections_open Connections being served.\n");
+        out.push_str("# HELP cartorio_connections_open Open client connections, from accept to close (silent ones included).\n");
         out.push_str("# TYPE cartorio_connections_open gauge\n");
         let _ = writeln!(
             out,

@@ -591,3 +591,45 @@ fn text_request_logs_carry_the_request_id() {
         assert!(line.contains(want), "{want} in {line}");
     }
 }
+
+/// `/metrics` counts open connections (a gauge) and says why connections
+/// were closed: idle (nothing sent), header timeout (a head that never
+/// finished), as each happens.
+#[test]
+fn metrics_count_open_connections_and_each_timeout() {
+    if !e2e("metrics_count_open_connections_and_each_timeout") {
+        return;
+    }
+    let tmp = tempdir();
+    let image = rootfs(tmp.path(), 4096);
+    let arg = format!("app:v1={}", image.display());
+    let server = Server::serve(&["--idle-timeout", "2s", &arg]);
+    // Only the metrics request's own connection.
+    assert_eq!(metric(&server, "cartorio_connections_open"), 1);
+    let idle0 = metric(&server, "cartorio_connections_closed_idle_total");
+    let head0 = metric(&server, "cartorio_connections_closed_header_timeout_total");
+    let silent: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(&server.addr).expect("connect"))
+        .collect();
+    let mut slow: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(&server.addr).expect("connect"))
+        .collect();
+    for s in &mut slow {
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: t\r\n")
+            .expect("write");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(metric(&server, "cartorio_connections_open"), 6);
+    for mut s in silent.into_iter().chain(slow) {
+        read_until_closed(&mut s, 30);
+    }
+    assert_eq!(
+        metric(&server, "cartorio_connections_closed_idle_total") - idle0,
+        3
+    );
+    assert_eq!(
+        metric(&server, "cartorio_connections_closed_header_timeout_total") - head0,
+        2
+    );
+    assert_eq!(metric(&server, "cartorio_connections_open"), 1);
+}

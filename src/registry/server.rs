@@ -190,6 +190,8 @@ pub async fn serve_with(
         let shared = Arc::clone(&shared);
         let stop = stop_rx.clone();
         connections.spawn(async move {
+            // Open (and holding its slot) from accept to close.
+            let open = OpenConnection::new(permit);
             // TLS connections stay with hyper: only plain TCP may take the
             // sendfile front (zerocopy.rs); HTTP/2 with prior knowledge goes
             // to hyper too.
@@ -197,17 +199,17 @@ pub async fn serve_with(
                 let Some(stream) = super::tls::wrap(shared.front.tls.as_ref(), stream).await else {
                     return;
                 };
-                serve_io(TokioIo::new(stream), peer, shared, stop, permit).await;
+                serve_io(TokioIo::new(stream), peer, shared, stop, open).await;
                 return;
             }
             let mut stop = stop;
             match super::zerocopy::opening(&stream, peer, &shared, &mut stop).await {
                 // Idle, shed or shutting down before its first byte.
                 None => {}
-                Some(true) => serve_io(TokioIo::new(stream), peer, shared, stop, permit).await,
+                Some(true) => serve_io(TokioIo::new(stream), peer, shared, stop, open).await,
                 Some(false) => {
-                    let _open = OpenConnection::new(permit);
                     super::zerocopy::serve_connection(stream, peer, shared, stop).await;
+                    drop(open);
                 }
             }
         });
@@ -273,17 +275,16 @@ impl Trouble {
 }
 
 /// Serves one connection until it ends, goes idle, stalls, or shutdown
-/// drains it. `permit` is its slot under `--max-connections`.
+/// drains it. `_open` holds its slot under `--max-connections`.
 async fn serve_io<I>(
     io: I,
     peer: std::net::SocketAddr,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-    permit: OwnedSemaphorePermit,
+    _open: OpenConnection,
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
-    let _open = OpenConnection::new(permit);
     let state = ConnState::new();
     let service = {
         let state = Arc::clone(&state);
