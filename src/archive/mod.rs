@@ -60,6 +60,10 @@ pub enum ArchiveError {
     /// The archive costs more to index than any real image does.
     #[error("refused archive: more than {} {} (per-archive limit)", .0.max(), .0.name())]
     Budget(budget::Limit),
+    /// A blocking indexing task panicked or was cancelled: a bug in
+    /// cartorio, not a fact about the archive.
+    #[error("internal error: an indexing task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Whole-archive compression, recognized by magic bytes.
@@ -265,7 +269,7 @@ impl Archive {
             (toc, reader.fetched, reader.exhausted)
         })
         .await
-        .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+        .map_err(ArchiveError::Task)?;
         let (toc, fetched) = match walked {
             (Ok(toc), fetched, _) => (toc, fetched),
             (Err(_), fetched, true) => {
@@ -338,7 +342,7 @@ impl Archive {
             Ok::<_, ArchiveError>((toc, hr.hasher.finish(), hr.inner.into_points()))
         })
         .await
-        .map_err(|e| ArchiveError::Corrupt(e.to_string()))??;
+        .map_err(ArchiveError::Task)??;
         let (h, n) = std::mem::take(
             &mut *stored
                 .lock()
@@ -426,7 +430,7 @@ impl Archive {
         let root = path.to_path_buf();
         let (toc, newest) = tokio::task::spawn_blocking(move || detect::walk_dir(&root))
             .await
-            .map_err(|e| ArchiveError::Corrupt(e.to_string()))??;
+            .map_err(ArchiveError::Task)??;
         Ok(Archive {
             container: Container::Dir(path.to_path_buf()),
             toc,

@@ -16,6 +16,8 @@ use crate::image::{Digest, Tag};
 use crate::metrics::{METRICS, inc};
 use crate::source::{Redacted, Source, SourceError, SourceOptions, Sources, Stat};
 
+use super::probe::Probe;
+
 /// Where an archive is: a tar behind a source, or a local directory.
 #[derive(Debug, Clone)]
 pub enum Location {
@@ -119,21 +121,75 @@ struct SavedIndex {
     indexed: Indexed,
 }
 
-/// Why a binding has no index: its archive is gone (`missing`, answered
-/// as unknown), or it cannot be read or parsed (answered as an error).
-#[derive(Clone, Debug)]
-pub struct LoadError {
-    pub missing: bool,
-    /// The source could not be asked for its version (down, denied, 5xx):
-    /// the source failed, not the archive.
-    pub unavailable: bool,
-    pub message: String,
+/// Why a binding has no index. Only what the archive itself decides
+/// ([`LoadError::pinned`]) is kept for the archive's version; a failed
+/// source is asked again (see [`RETRY_BACKOFF`]), so an image recovers as
+/// soon as its upstream does.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The source says the archive is not there: the image is unknown.
+    #[error("{0}")]
+    Missing(SourceError),
+    /// The source failed (down, 5xx, reset, denied, changed mid-read):
+    /// nothing is known about the archive.
+    #[error("source unavailable: {0}")]
+    Unavailable(SourceError),
+    /// The archive at this version cannot be served: malformed, hostile,
+    /// over its budget. Shared, as the error is kept for the version.
+    #[error("{0}")]
+    Broken(Arc<ArchiveError>),
+    /// The archive does not hold what the image's settings select.
+    #[error("{0}")]
+    Select(#[from] SelectError),
+    /// A bug in cartorio (an indexing task panicked), not a fact about
+    /// the archive or its source.
+    #[error("internal error (a bug in cartorio): {0}")]
+    Bug(String),
 }
 
-impl std::fmt::Display for LoadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+impl LoadError {
+    /// Whether this is a fact about the archive at its version, kept until
+    /// the version changes, rather than about the moment it was asked.
+    pub fn pinned(&self) -> bool {
+        matches!(
+            self,
+            LoadError::Broken(_) | LoadError::Select(_) | LoadError::Bug(_)
+        )
     }
+
+    /// A source's failure: not found is [`LoadError::Missing`], anything
+    /// else [`LoadError::Unavailable`].
+    fn source(e: SourceError) -> LoadError {
+        match e {
+            SourceError::NotFound { .. } => LoadError::Missing(e),
+            e => LoadError::Unavailable(e),
+        }
+    }
+
+    /// An indexing failure. `seen` is how the source failed during it, if
+    /// it did: then the failure says nothing about the archive (a reset
+    /// surfaces as a truncated tar, a 5xx as a short read) and is not kept.
+    fn archive(e: ArchiveError, seen: Option<SourceError>) -> LoadError {
+        match (e, seen) {
+            (ArchiveError::Source(s), _) => LoadError::source(s),
+            (ArchiveError::Task(j), _) => LoadError::Bug(j.to_string()),
+            (_, Some(s)) => LoadError::source(s),
+            (e, None) => LoadError::Broken(Arc::new(e)),
+        }
+    }
+}
+
+/// Why the images an archive holds do not fit the image's settings.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SelectError {
+    #[error("select = {0:?} is not a valid image reference")]
+    InvalidSelect(String),
+    #[error("select = {select:?} matches no image in the archive (it has: {known})")]
+    NoMatch { select: String, known: String },
+    #[error("the archive holds {0} images; choose one with `select`")]
+    Ambiguous(usize),
+    #[error("the archive records no tag for this name; set `tags`")]
+    NoTag,
 }
 
 /// The version recorded while the source cannot be asked; no source
@@ -149,6 +205,11 @@ pub const DEFAULT_REVALIDATE: Duration = Duration::from_secs(1);
 /// more often than this, so a client asking for unknown tags in a loop
 /// cannot turn every request into an upstream request.
 const MISS_RECHECK: Duration = Duration::from_millis(100);
+
+/// After the source failed, it is asked again at most this often, however
+/// often (and however many clients at once) the image is asked for: a dead
+/// upstream is not hammered, a recovered one is noticed within a second.
+pub const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The last load: the version it was for, when that was last confirmed,
 /// and its outcome (an error is kept too, so a broken archive is not
@@ -169,6 +230,8 @@ pub struct Binding {
     /// One revalidation or load at a time.
     loading: tokio::sync::Mutex<()>,
     revalidate: Duration,
+    /// See [`RETRY_BACKOFF`].
+    retry: Duration,
     /// Where blobs from streaming passes and saved indexes go.
     cache: Option<Arc<BlobCache>>,
     /// A published index of the archive to try before walking it.
@@ -191,6 +254,7 @@ impl Binding {
             good: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
             revalidate,
+            retry: RETRY_BACKOFF,
             cache,
             sidecar: None,
             sidecar_refused: std::sync::Mutex::new(None),
@@ -242,6 +306,10 @@ impl Binding {
 
     fn fresh(&self, within: Duration) -> Option<Arc<Snapshot>> {
         let s = self.snapshot.read().ok()?.clone()?;
+        let within = match &s.result {
+            Err(LoadError::Unavailable(_)) => self.retry,
+            _ => within,
+        };
         (s.checked.elapsed() < within).then_some(s)
     }
 
@@ -277,14 +345,10 @@ impl Binding {
         let version = match self.location.version().await {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!(image = %self.spec.name, "source unavailable: {e}");
-                let err = LoadError {
-                    missing: matches!(e, ArchiveError::Source(SourceError::NotFound { .. })),
-                    unavailable: true,
-                    message: e.to_string(),
-                };
+                let err = LoadError::archive(e, None);
+                tracing::warn!(image = %self.spec.name, "{err}");
                 // Remembered like any answer, so a source that is down is
-                // asked once per `revalidate`, not once per request.
+                // asked once per `retry`, not once per request.
                 self.store(Snapshot {
                     version: UNAVAILABLE.into(),
                     checked: Instant::now(),
@@ -294,9 +358,14 @@ impl Binding {
             }
         };
         let previous = self.snapshot.read().ok().and_then(|g| g.clone());
+        // The same version: the same answer, unless it was a failure of the
+        // source (asked again) or an index found stale.
         if let Some(p) = previous
             && p.version == version
-            && !p.result.as_ref().is_ok_and(|l| self.stale(l))
+            && match &p.result {
+                Ok(l) => !self.stale(l),
+                Err(e) => e.pinned(),
+            }
         {
             self.store(Snapshot {
                 version,
@@ -317,14 +386,7 @@ impl Binding {
             });
             return Ok(good);
         }
-        let r = self
-            .load(version.clone())
-            .await
-            .map_err(|message| LoadError {
-                missing: false,
-                unavailable: false,
-                message,
-            });
+        let r = self.load(version.clone()).await;
         match &r {
             Ok(l) => tracing::info!(
                 image = %self.spec.name,
@@ -336,7 +398,19 @@ impl Binding {
             ),
             Err(e) => {
                 inc(&METRICS.index_failures);
-                tracing::error!(image = %self.spec.name, source = %Redacted(&self.spec.source), "cannot serve: {}", Redacted(&e.to_string()))
+                let (image, source) = (&self.spec.name, Redacted(&self.spec.source));
+                let why = Redacted(&e.to_string()).to_string();
+                match e {
+                    LoadError::Missing(_) | LoadError::Unavailable(_) => {
+                        tracing::warn!(%image, %source, "cannot index now, will retry: {why}")
+                    }
+                    LoadError::Bug(_) => {
+                        tracing::error!(%image, %source, "cannot serve, this is a bug in cartorio (please report it): {why}")
+                    }
+                    LoadError::Broken(_) | LoadError::Select(_) => {
+                        tracing::error!(%image, %source, "cannot serve this version of the archive: {why}")
+                    }
+                }
             }
         }
         self.store(Snapshot {
@@ -460,7 +534,7 @@ impl Binding {
         serde_json::to_string(&self.spec.config).unwrap_or_default()
     }
 
-    async fn load(&self, version: String) -> Result<Arc<Loaded>, String> {
+    async fn load(&self, version: String) -> Result<Arc<Loaded>, LoadError> {
         let (archive, indexed) = match self.restore(&version) {
             Some(r) => {
                 inc(&METRICS.index_restores);
@@ -477,14 +551,23 @@ impl Binding {
                         .as_ref()
                         .filter(|c| c.disk().is_some())
                         .map(|c| Arc::new(CacheSpill(c.clone())) as Arc<dyn Spill>);
-                    let mut archive = self
-                        .location
+                    // Whether the source failed while the archive was read
+                    // decides what a failure means.
+                    let (location, probe) = match &self.location {
+                        Location::Tar(s) => {
+                            let p = Probe::new(s.clone());
+                            (Location::Tar(p.clone()), Some(p))
+                        }
+                        dir => (dir.clone(), None),
+                    };
+                    let seen = || probe.as_ref().and_then(|p| p.failure());
+                    let mut archive = location
                         .open_spilling(spill)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| LoadError::archive(e, seen()))?;
                     let indexed = archive::index(&archive, &self.spec.config)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| LoadError::archive(e, seen()))?;
                     inc(&METRICS.index_loads);
                     if let Some(a) = Arc::get_mut(&mut archive) {
                         a.toc.retain(&indexed.members());
@@ -537,11 +620,11 @@ fn matches(r: &ArchiveRef, want: &ArchiveRef) -> bool {
 }
 
 /// Which tag serves which image, from the spec and the archive.
-fn select_tags(spec: &ImageSpec, ix: &Indexed) -> Result<BTreeMap<Tag, Root>, String> {
+fn select_tags(spec: &ImageSpec, ix: &Indexed) -> Result<BTreeMap<Tag, Root>, LoadError> {
     let images: Vec<_> = match &spec.select {
         Some(sel) => {
-            let want = ArchiveRef::parse(sel)
-                .ok_or_else(|| format!("select = {sel:?} is not a valid image reference"))?;
+            let want =
+                ArchiveRef::parse(sel).ok_or_else(|| SelectError::InvalidSelect(sel.clone()))?;
             let found: Vec<_> = ix
                 .images
                 .iter()
@@ -553,10 +636,11 @@ fn select_tags(spec: &ImageSpec, ix: &Indexed) -> Result<BTreeMap<Tag, Root>, St
                     .iter()
                     .flat_map(|i| i.refs.iter().map(|r| r.to_string()))
                     .collect();
-                return Err(format!(
-                    "select = {sel:?} matches no image in the archive (it has: {})",
-                    known.join(", ")
-                ));
+                return Err(SelectError::NoMatch {
+                    select: sel.clone(),
+                    known: known.join(", "),
+                }
+                .into());
             }
             found.into_iter().take(1).collect()
         }
@@ -565,13 +649,12 @@ fn select_tags(spec: &ImageSpec, ix: &Indexed) -> Result<BTreeMap<Tag, Root>, St
     let mut tags = BTreeMap::new();
     if let Some(want) = &spec.tags {
         if images.len() != 1 {
-            return Err(format!(
-                "the archive holds {} images; choose one with `select`",
-                images.len()
-            ));
+            return Err(SelectError::Ambiguous(images.len()).into());
         }
         for t in want {
-            tags.insert(t.clone(), images[0].root.clone());
+            for img in &images {
+                tags.insert(t.clone(), img.root.clone());
+            }
         }
         return Ok(tags);
     }
@@ -603,10 +686,12 @@ fn select_tags(spec: &ImageSpec, ix: &Indexed) -> Result<BTreeMap<Tag, Root>, St
                 if untagged.len() > 1 {
                     tracing::warn!(image = %spec.name, "the archive holds several untagged images; `latest` serves the first");
                 }
-                let latest: Tag = "latest".parse().map_err(|e| format!("{e}"))?;
+                let latest: Tag = "latest"
+                    .parse()
+                    .map_err(|e| LoadError::Bug(format!("the tag `latest`: {e}")))?;
                 tags.insert(latest, img.root.clone());
             }
-            None => return Err("the archive records no tag for this name; set `tags`".into()),
+            None => return Err(SelectError::NoTag.into()),
         }
     }
     Ok(tags)
@@ -625,9 +710,23 @@ mod tests {
         data: Bytes,
         down: AtomicBool,
         stats: AtomicUsize,
+        /// Reads fail (a 5xx, a reset) while stats still answer.
+        reads_down: AtomicBool,
+        /// Reads answered before `reads_down` takes effect.
+        reads_ok: AtomicUsize,
     }
 
     impl Flaky {
+        fn new(down: bool) -> Arc<Flaky> {
+            Arc::new(Flaky {
+                data: rootfs_tar(),
+                down: AtomicBool::new(down),
+                stats: AtomicUsize::new(0),
+                reads_down: AtomicBool::new(false),
+                reads_ok: AtomicUsize::new(0),
+            })
+        }
+
         fn check(&self) -> Result<(), SourceError> {
             if self.down.load(Ordering::SeqCst) {
                 return Err(SourceError::io("mem://x", "connection refused"));
@@ -656,6 +755,14 @@ mod tests {
             _: Option<&Stat>,
         ) -> Result<Bytes, SourceError> {
             self.check()?;
+            if self.reads_down.load(Ordering::SeqCst)
+                && self
+                    .reads_ok
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_err()
+            {
+                return Err(SourceError::io("mem://x", "503 Service Unavailable"));
+            }
             let start = (offset as usize).min(self.data.len());
             let end = (offset.saturating_add(len) as usize).min(self.data.len());
             Ok(self.data.slice(start..end))
@@ -698,38 +805,119 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_source_that_is_down_is_asked_once_per_revalidation() {
-        let src = Arc::new(Flaky {
-            data: rootfs_tar(),
-            down: AtomicBool::new(true),
-            stats: AtomicUsize::new(0),
-        });
+        let src = Flaky::new(true);
         let b = binding(src.clone());
         for _ in 0..5 {
             let e = b.current().await.unwrap_err();
-            assert!(e.unavailable && !e.missing, "{e}");
+            assert!(matches!(e, LoadError::Unavailable(_)), "{e}");
         }
         assert_eq!(src.stats.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_last_good_index_outlives_an_outage() {
-        let src = Arc::new(Flaky {
-            data: rootfs_tar(),
-            down: AtomicBool::new(false),
-            stats: AtomicUsize::new(0),
-        });
-        let b = binding(src.clone());
+        let src = Flaky::new(false);
+        let mut b = binding(src.clone());
+        b.retry = Duration::ZERO;
         let first = b.current().await.unwrap();
         assert!(first.tags.contains_key(&"v1".parse::<Tag>().unwrap()));
         src.down.store(true, Ordering::SeqCst);
         // Past the revalidation window, the source is asked and fails.
         let e = b.checked_within(Duration::ZERO).await.unwrap_err();
-        assert!(e.unavailable);
+        assert!(matches!(e, LoadError::Unavailable(_)), "{e}");
         assert!(Arc::ptr_eq(&b.last().unwrap(), &first));
         // Back at the same version: the same index, not a re-index.
         src.down.store(false, Ordering::SeqCst);
         let again = b.checked_within(Duration::ZERO).await.unwrap();
         assert!(Arc::ptr_eq(&again, &first));
+    }
+
+    /// The bug the #13 harness found: a source failing while the archive
+    /// is indexed (the stat answers, the reads do not) was kept for the
+    /// archive's version as a "corrupt archive" until the tarball changed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_source_failing_mid_index_is_retried_not_pinned() {
+        for reads_ok in [0, 1, 2] {
+            let src = Flaky::new(false);
+            src.reads_down.store(true, Ordering::SeqCst);
+            src.reads_ok.store(reads_ok, Ordering::SeqCst);
+            let mut b = binding(src.clone());
+            b.retry = Duration::ZERO;
+            let e = b.current().await.unwrap_err();
+            assert!(
+                matches!(e, LoadError::Unavailable(_)),
+                "after {reads_ok} reads: {e}"
+            );
+            src.reads_down.store(false, Ordering::SeqCst);
+            b.current().await.expect("recovered");
+        }
+        let src = Flaky::new(false);
+        src.reads_down.store(true, Ordering::SeqCst);
+        src.reads_ok.store(1, Ordering::SeqCst);
+        let mut b = binding(src.clone());
+        b.retry = Duration::from_millis(200);
+        let e = b.current().await.unwrap_err();
+        assert!(matches!(e, LoadError::Unavailable(_)), "{e}");
+        assert!(!e.pinned());
+        assert!(!e.to_string().contains("corrupt"), "{e}");
+        // Within the backoff, many requests share the one failed attempt.
+        let stats = src.stats.load(Ordering::SeqCst);
+        for _ in 0..10 {
+            assert!(matches!(b.current().await, Err(LoadError::Unavailable(_))));
+        }
+        assert_eq!(src.stats.load(Ordering::SeqCst), stats);
+        // The upstream is back: the next request past the backoff indexes.
+        src.reads_down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let l = b
+            .current()
+            .await
+            .expect("recovered once the source is back");
+        assert!(l.tags.contains_key(&"v1".parse::<Tag>().unwrap()));
+    }
+
+    /// An archive that is broken at a version stays broken at it: asked
+    /// once, not re-read per request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_archive_is_kept_broken_for_its_version() {
+        let src = Arc::new(Flaky {
+            data: Bytes::from(vec![7u8; 4096]),
+            down: AtomicBool::new(false),
+            stats: AtomicUsize::new(0),
+            reads_down: AtomicBool::new(false),
+            reads_ok: AtomicUsize::new(0),
+        });
+        let mut b = binding(src.clone());
+        b.retry = Duration::ZERO;
+        let e = b.checked_within(Duration::ZERO).await.unwrap_err();
+        assert!(matches!(e, LoadError::Broken(_)) && e.pinned(), "{e}");
+        let again = b.checked_within(Duration::ZERO).await.unwrap_err();
+        assert!(matches!(again, LoadError::Broken(_)), "{again}");
+    }
+
+    #[tokio::test]
+    async fn what_an_indexing_failure_means() {
+        let seen = || Some(SourceError::io("mem://x", "connection reset"));
+        let corrupt = || ArchiveError::Corrupt("unexpected end of file".into());
+        assert!(matches!(
+            LoadError::archive(corrupt(), None),
+            LoadError::Broken(_)
+        ));
+        assert!(matches!(
+            LoadError::archive(corrupt(), seen()),
+            LoadError::Unavailable(_)
+        ));
+        let gone = ArchiveError::Source(SourceError::NotFound { url: "x".into() });
+        assert!(matches!(
+            LoadError::archive(gone, None),
+            LoadError::Missing(_)
+        ));
+        let panicked = tokio::spawn(async { panic!("boom (expected by this test)") })
+            .await
+            .unwrap_err();
+        let e = LoadError::archive(ArchiveError::Task(panicked), seen());
+        assert!(matches!(e, LoadError::Bug(_)) && e.pinned(), "{e}");
+        assert!(e.to_string().contains("bug"), "{e}");
     }
 
     /// A damaged saved index (an offset past the archive, a document that is not its digest) is
@@ -742,11 +930,7 @@ mod tests {
             disk: 1 << 20,
             memory: 0,
         }));
-        let src = Arc::new(Flaky {
-            data: rootfs_tar(),
-            down: AtomicBool::new(false),
-            stats: AtomicUsize::new(0),
-        });
+        let src = Flaky::new(false);
         let with_cache = || {
             let mut b = binding(src.clone());
             b.cache = Some(cache.clone());

@@ -33,6 +33,15 @@ pub enum CatalogError {
     ManifestUnknown(RepoName, Reference),
     #[error("blob {1} is not known in repository {0}")]
     BlobUnknown(RepoName, Digest),
+    /// The archive behind an image could not be indexed (its source failed,
+    /// it is broken, ...: see [`LoadError`]); other images are unaffected.
+    /// `image` names the archive (redacted), for the log.
+    #[error("image {image} cannot be served: {error}")]
+    Load {
+        image: String,
+        #[source]
+        error: LoadError,
+    },
     /// The archive behind an image is unreadable or malformed; other images
     /// are unaffected.
     #[error("image {0} cannot be served: {1}")]
@@ -103,10 +112,13 @@ pub trait Images: Send + Sync + 'static {
 }
 
 mod binding;
+mod probe;
 pub mod sidecar;
 mod template;
 
-pub use binding::{Binding, DEFAULT_REVALIDATE, LoadError, Loaded, Location};
+pub use binding::{
+    Binding, DEFAULT_REVALIDATE, LoadError, Loaded, Location, RETRY_BACKOFF, SelectError,
+};
 pub use template::Template;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -377,17 +389,16 @@ impl Images for Catalog {
                                 break;
                             }
                         }
-                        Err(e) if e.missing => {}
+                        Err(LoadError::Missing(_)) => {}
                         Err(e) => broken = Some((crate::source::redact(&b.spec.source), e)),
                     }
                 }
                 match (hit, broken) {
                     (Some(h), _) => h,
                     // A broken archive may be the one that holds the tag.
-                    (None, Some((src, e))) if e.unavailable => {
-                        return Err(CatalogError::Source(src, e.message));
+                    (None, Some((image, error))) => {
+                        return Err(CatalogError::Load { image, error });
                     }
-                    (None, Some((src, e))) => return Err(CatalogError::Broken(src, e.message)),
                     (None, None) => return Err(unknown()),
                 }
             }
@@ -548,7 +559,7 @@ impl Images for Catalog {
                     any = true;
                     tags.extend(l.tags.keys().cloned());
                 }
-                Err(e) if e.missing => {}
+                Err(LoadError::Missing(_)) => {}
                 Err(_) => any = true,
             }
         }

@@ -4,7 +4,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
 use super::body::{self, ResponseBody};
-use crate::catalog::CatalogError;
+use crate::catalog::{CatalogError, LoadError};
 use crate::source::Redacted;
 
 /// One OCI error, ready to render. Every failure path in the registry ends
@@ -185,6 +185,32 @@ impl From<CatalogError> for RegistryError {
                 )
                 .with_detail(json!({ "name": name, "digest": digest.to_string() }))
             }
+            // The source failed while the image was indexed or revalidated:
+            // not the archive's fault, and retried (see `RETRY_BACKOFF`).
+            CatalogError::Load {
+                error: LoadError::Unavailable(_) | LoadError::Missing(_),
+                ..
+            } => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "UNKNOWN",
+                "the image's source is unavailable, try again later (the server log says why)",
+            )
+            .logged_as(Redacted(&message).to_string()),
+            CatalogError::Load {
+                error: LoadError::Bug(_),
+                ..
+            } => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                "internal error: a bug in the server (the server log says where)",
+            )
+            .logged_as(format!("a bug in cartorio: {}", Redacted(&message))),
+            CatalogError::Load { .. } => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                "the image's archive cannot be served (the server log says why)",
+            )
+            .logged_as(Redacted(&message).to_string()),
             // The spec has no code for server-side failures; UNKNOWN is
             // what distribution sends. The client learns which image failed
             // and how (see `for_image`), never where its archive lives: a

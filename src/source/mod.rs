@@ -37,8 +37,9 @@ pub struct Stat {
 }
 
 /// Why a source could not deliver. Every URL and message is shown
-/// [`Redacted`]: no userinfo, no query string.
-#[derive(Debug, thiserror::Error)]
+/// [`Redacted`]: no userinfo, no query string. Clone, so one failure can
+/// be kept (a binding remembers why its source failed) and reported.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {
     #[error("{}: not found", Redacted(.url))]
     NotFound { url: String },
