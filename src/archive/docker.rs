@@ -5,38 +5,13 @@
 //! the tar headers alone, without reading a layer.
 use std::collections::{BTreeSet, HashMap};
 
-use bytes::Bytes;
-use serde::Deserialize;
-
-use super::detect::{ArchiveRef, Blob, BlobAt, Format, FoundImage, Indexed};
+use super::budget::Limit;
+use super::model::docker::{Config, ManifestEntry, parse_manifest};
+use super::model::{ArchiveRef, Blob, BlobAt, Format, FoundImage, Indexed};
 use super::{Archive, ArchiveError, Compression};
 use crate::image::Digest;
 use crate::image::build::{Layer, LayerKind};
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Entry {
-    config: String,
-    #[serde(default)]
-    repo_tags: Option<Vec<String>>,
-    layers: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Config {
-    rootfs: RootFs,
-    #[serde(default)]
-    os: Option<String>,
-    #[serde(default)]
-    architecture: Option<String>,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    diff_ids: Vec<Digest>,
-}
+use bytes::Bytes;
 
 /// The digest a `blobs/sha256/<hex>` path names (Docker ≥ 25 and
 /// `ctr images export` put layers there).
@@ -57,21 +32,23 @@ pub(crate) fn platform(os: Option<&str>, arch: Option<&str>, variant: Option<&st
 }
 
 pub async fn index(archive: &Archive) -> Result<Indexed, ArchiveError> {
-    let raw = archive.read_member("manifest.json").await?;
-    let entries: Vec<Entry> = serde_json::from_slice(&raw)
-        .map_err(|e| ArchiveError::Format(format!("manifest.json is not valid: {e}")))?;
-    if entries.is_empty() {
-        return Err(ArchiveError::Format("manifest.json lists no image".into()));
-    }
+    let raw = archive.read_doc("manifest.json").await?;
+    let entries = parse_manifest(&raw)?;
     let mut ix = Indexed {
         format: Some(Format::DockerArchive),
         ..Default::default()
     };
     let mut seen = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
-        let img = image(archive, e, &mut ix, &mut seen).await.map_err(|err| {
-            ArchiveError::Format(format!("manifest.json image {i} ({}): {err}", e.config))
-        })?;
+        archive.budget.charge(Limit::Visits, 1)?;
+        let img = image(archive, e, &mut ix, &mut seen)
+            .await
+            .map_err(|err| match err {
+                ArchiveError::Budget(_) => err,
+                err => {
+                    ArchiveError::Format(format!("manifest.json image {i} ({}): {err}", e.config))
+                }
+            })?;
         ix.images.push(img);
     }
     Ok(ix)
@@ -127,13 +104,12 @@ async fn layer(
 
 async fn image(
     archive: &Archive,
-    e: &Entry,
+    e: &ManifestEntry,
     ix: &mut Indexed,
     seen: &mut HashMap<String, Seen>,
 ) -> Result<FoundImage, ArchiveError> {
-    let config_bytes: Bytes = archive.read_member(&e.config).await?;
-    let config: Config = serde_json::from_slice(&config_bytes)
-        .map_err(|err| ArchiveError::Format(format!("config {} is not valid: {err}", e.config)))?;
+    let config_bytes: Bytes = archive.read_doc(&e.config).await?;
+    let config = Config::parse(&config_bytes, &e.config)?;
     if config.rootfs.diff_ids.len() != e.layers.len() {
         return Err(ArchiveError::Format(format!(
             "config has {} diff_ids but manifest.json lists {} layers",
@@ -145,6 +121,7 @@ async fn image(
     let mut digests = BTreeSet::from([config_digest]);
     let mut layers = Vec::new();
     for (path, diff_id) in e.layers.iter().zip(&config.rootfs.diff_ids) {
+        archive.budget.charge(Limit::Descriptors, 1)?;
         let entry = archive.member(path)?;
         // Keyed by the entry links resolve to: `abc/layer.tar` and the
         // file it links to are one layer.
@@ -198,9 +175,9 @@ async fn image(
         root,
         digests,
         platforms: vec![platform(
-            config.os.as_deref(),
-            config.architecture.as_deref(),
-            config.variant.as_deref(),
+            config.platform.os.as_deref(),
+            config.platform.architecture.as_deref(),
+            config.platform.variant.as_deref(),
         )],
         layers: layers.iter().map(|l| (l.digest, l.size)).collect(),
     })

@@ -13,6 +13,7 @@
 //! Should the guard lose track (a header it cannot size), it stops
 //! checking: the crate then fails on the same header.
 use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::Arc;
 
 use super::ArchiveError;
 use super::budget::{Budget, Limit};
@@ -42,7 +43,8 @@ pub(crate) struct HeaderGuard<R> {
     state: State,
     /// The size a PAX record set for the next entry.
     pax_size: Option<u64>,
-    budget: Budget,
+    /// The archive's budget: header records are charged to it.
+    budget: Arc<Budget>,
 }
 
 fn refuse(e: ArchiveError) -> io::Error {
@@ -148,7 +150,7 @@ fn round_up(n: u64) -> Option<u64> {
 }
 
 impl<R> HeaderGuard<R> {
-    pub(crate) fn new(inner: R) -> HeaderGuard<R> {
+    pub(crate) fn new(inner: R, budget: Arc<Budget>) -> HeaderGuard<R> {
         HeaderGuard {
             inner,
             pos: 0,
@@ -156,7 +158,7 @@ impl<R> HeaderGuard<R> {
             block: Vec::with_capacity(BLOCK as usize),
             state: State::Header,
             pax_size: None,
-            budget: Budget::default(),
+            budget,
         }
     }
 
@@ -250,9 +252,7 @@ impl<R> HeaderGuard<R> {
             return Ok(());
         };
         if matches!(kind, b'x' | b'g' | b'L' | b'K') {
-            if size > Limit::HeaderRecord.max() {
-                return Err(ArchiveError::Budget(Limit::HeaderRecord));
-            }
+            self.budget.check(Limit::HeaderRecord, size)?;
             self.budget.charge(Limit::HeaderMetadata, size)?;
         }
         // The crate takes a PAX size for the next entry that is not itself

@@ -10,6 +10,7 @@ pub mod budget;
 mod detect;
 pub mod docker;
 mod guard;
+pub mod model;
 pub mod oci;
 pub mod repack;
 pub mod rootfs;
@@ -29,7 +30,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
 
-pub use detect::{ArchiveRef, Blob, BlobAt, Doc, Format, FoundImage, Indexed, Root, index};
+pub use detect::index;
+pub use model::{ArchiveRef, Blob, BlobAt, Doc, Format, FoundImage, Indexed, Root};
 pub use seekable::SeekState;
 pub use toc::{Entry, EntryKind, Meta, Spill, SpillFile, Toc};
 
@@ -146,6 +148,9 @@ pub struct Archive {
     pub digests: Option<StreamDigests>,
     /// Where decompression can start (compressed archives).
     pub seek: SeekState,
+    /// What indexing this archive may still cost: the TOC walk and the
+    /// format walk charge the same budget.
+    pub budget: Arc<budget::Budget>,
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -156,7 +161,7 @@ fn other(e: impl std::fmt::Display) -> io::Error {
 struct HashingReader<R> {
     inner: R,
     hasher: Hasher,
-    count: u64,
+    budget: Arc<budget::Budget>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
@@ -164,13 +169,10 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         let read = buf.get(..n).unwrap_or_default();
         self.hasher.update(read);
-        self.count += n as u64;
         // A decompression bomb is refused, not decompressed for ever.
-        if self.count > budget::Limit::DecompressedBytes.max() {
-            return Err(io::Error::other(ArchiveError::Budget(
-                budget::Limit::DecompressedBytes,
-            )));
-        }
+        self.budget
+            .charge(budget::Limit::DecompressedBytes, n as u64)
+            .map_err(io::Error::other)?;
         Ok(n)
     }
 }
@@ -256,15 +258,18 @@ impl Archive {
         // walk read most of the file, and such an archive needs a full
         // read for its digest anyway: past this budget, one streaming pass
         // does both.
-        let budget = (stat.size / 4).max(WALK_BUDGET_MIN);
+        let read_budget = (stat.size / 4).max(WALK_BUDGET_MIN);
+        let spend = Arc::new(budget::Budget::default());
+        let charged = spend.clone();
         let walked = tokio::task::spawn_blocking(move || {
             let size = pin.size;
-            let mut reader = toc::RangeReader::new(src, rt, pin, budget);
+            let mut reader = toc::RangeReader::new(src, rt, pin, read_budget);
             let toc = {
-                let mut ar = tar::Archive::new(guard::HeaderGuard::new(&mut reader));
+                let guard = guard::HeaderGuard::new(&mut reader, charged.clone());
+                let mut ar = tar::Archive::new(guard);
                 ar.entries_with_seek()
                     .map_err(|e| ArchiveError::Corrupt(e.to_string()))
-                    .and_then(|entries| toc::walk(entries, Some(size), false, None))
+                    .and_then(|entries| toc::walk(entries, Some(size), false, None, &charged))
             };
             (toc, reader.fetched, reader.exhausted)
         })
@@ -291,6 +296,7 @@ impl Archive {
             fetched: fetched + head.len() as u64,
             digests: None,
             seek: SeekState::default(),
+            budget: spend,
         })
     }
 
@@ -322,18 +328,20 @@ impl Archive {
                 }),
         );
         let pass = seekable::PassReader::new(raw, compression)?;
+        let spend = Arc::new(budget::Budget::default());
+        let charged = spend.clone();
         let (toc, diff_id, points) = tokio::task::spawn_blocking(move || {
             let mut hr = HashingReader {
                 inner: pass,
                 hasher: Hasher::new(),
-                count: 0,
+                budget: charged.clone(),
             };
             let toc = {
-                let mut ar = tar::Archive::new(guard::HeaderGuard::new(&mut hr));
+                let mut ar = tar::Archive::new(guard::HeaderGuard::new(&mut hr, charged.clone()));
                 let entries = ar
                     .entries()
                     .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
-                toc::walk(entries, None, true, spill.as_deref())?
+                toc::walk(entries, None, true, spill.as_deref(), &charged)?
             };
             // The diff_id covers the whole decompressed stream, including
             // the end-of-archive blocks the tar reader stops before.
@@ -374,6 +382,7 @@ impl Archive {
                 diff_id,
             }),
             seek: SeekState::new(table.or(points)),
+            budget: spend,
         })
     }
 
@@ -421,6 +430,7 @@ impl Archive {
             fetched: 0,
             digests,
             seek: SeekState::default(),
+            budget: Arc::default(),
         }
     }
 
@@ -441,6 +451,7 @@ impl Archive {
             fetched: 0,
             digests: None,
             seek: SeekState::default(),
+            budget: Arc::default(),
         })
     }
 
@@ -472,6 +483,17 @@ impl Archive {
             return Err(ArchiveError::Corrupt(format!("{name} is truncated")));
         }
         Ok(Bytes::from(out))
+    }
+
+    /// A JSON document a format reads while indexing (manifest.json, a
+    /// config, index.json, an OCI blob): charged to the archive's budget
+    /// before it is read. Serving reads members with [`Archive::read_member`],
+    /// which charges nothing.
+    pub async fn read_doc(&self, name: &str) -> Result<Bytes, ArchiveError> {
+        let e = self.member(name)?;
+        self.budget
+            .charge(budget::Limit::DocumentBytes, e.size.min(MAX_DOC + 1))?;
+        self.read_member(name).await
     }
 
     /// The entry named `name` (links followed), or a clear error.

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-use super::detect::{Blob, BlobAt, Format, FoundImage, Indexed};
 use super::docker::platform;
+use super::model::{Blob, BlobAt, Format, FoundImage, Indexed};
 use super::toc::Toc;
 use super::{Archive, ArchiveError, Compression, Container, StreamDigests, repack};
 use crate::image::ImageConfig;
@@ -93,7 +93,7 @@ pub async fn index_concourse(
     archive: &Arc<Archive>,
     config: &ImageConfig,
 ) -> Result<Indexed, ArchiveError> {
-    let raw = archive.read_member("metadata.json").await?;
+    let raw = archive.read_doc("metadata.json").await?;
     let meta: Metadata = serde_json::from_slice(&raw)
         .map_err(|e| ArchiveError::Format(format!("metadata.json is not valid: {e}")))?;
     let base = ImageConfig {

@@ -3,7 +3,7 @@
 //! a half-written file, another version of cartorio, a hand edit), so every
 //! offset is bounded by the archive, every named member exists, and every
 //! document held in memory hashes to its digest.
-use super::detect::{BlobAt, Indexed, Root};
+use super::model::{BlobAt, Indexed, Root};
 use super::repack::Segment;
 use super::toc::{EntryKind, Toc, normalize};
 use super::{ArchiveError, Layout};

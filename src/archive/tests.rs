@@ -1470,6 +1470,94 @@ async fn oci_index_without_usable_images_falls_back_to_manifest_json() {
     );
 }
 
+/// The typed model is strict: a manifest whose layer descriptor has no
+/// media type is not an image manifest, and an index.json descriptor whose
+/// digest is a path is refused, naming index.json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_documents_are_parsed_strictly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let m = l.image_with("amd64", &layer_tar(&[("a", b"1")]), |m| {
+        m["layers"][0].as_object_mut().unwrap().remove("mediaType");
+    });
+    l.index_json(vec![named(m, "v1")]);
+    for a in open_layout(tmp.path(), "nomedia", &l).await {
+        let err = index_default(&a).await.unwrap_err().to_string();
+        assert!(
+            err.contains("is not valid") && err.contains("mediaType"),
+            "{err}"
+        );
+    }
+    let mut l = Layout::default();
+    l.index_json(vec![json!({
+        "mediaType": media::OCI_MANIFEST,
+        "digest": "sha256:../../etc/passwd",
+        "size": 1,
+    })]);
+    let a = open(tmp.path(), "path.tar", &l.tar()).await.unwrap();
+    let err = index_default(&a).await.unwrap_err().to_string();
+    assert!(err.contains("index.json is not valid"), "{err}");
+}
+
+/// One budget per archive: the TOC walk (entries) and the format walk
+/// (documents, descriptors, visits) charge the same one, and a format that
+/// passes a limit is refused with an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_budget_covers_the_toc_and_the_format_walk() {
+    use super::budget::{Budget, Limit};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::default();
+    let m = l.image("amd64", &layer_tar(&[("a", b"1")]));
+    l.index_json(vec![named(m.clone(), "v1"), named(m, "v2")]);
+    let bytes = l.tar();
+    let a = open(tmp.path(), "b.tar", &bytes).await.unwrap();
+    let entries = tar::Archive::new(&bytes[..]).entries().unwrap().count() as u64;
+    assert_eq!(a.budget.spent(Limit::Entries), entries);
+    index_default(&a).await.unwrap();
+    let docs: u64 = l
+        .files
+        .iter()
+        .filter(|(n, _)| n.as_str() != "oci-layout")
+        .filter(|(_, b)| b.first() == Some(&b'{'))
+        .map(|(_, b)| b.len() as u64)
+        .sum();
+    // index.json, the manifest and its config, each read once although
+    // two names point at the manifest.
+    assert_eq!(a.budget.spent(Limit::DocumentBytes), docs);
+    assert_eq!(a.budget.spent(Limit::Visits), 2);
+
+    // The same archive under a smaller document budget is refused.
+    let src = crate::source::open(tmp.path().join("b.tar").to_str().unwrap(), None).unwrap();
+    let mut small = Archive::open(src).await.unwrap();
+    small.budget = Arc::new(Budget::default().with_max(Limit::DocumentBytes, docs - 1));
+    let err = index_default(&Arc::new(small)).await.unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::Budget(Limit::DocumentBytes)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("document bytes"), "{err}");
+
+    // A docker archive listing one layer many times passes the
+    // descriptor limit, and says so.
+    let layer = layer_tar(&[("x", b"y")]);
+    let n = 50;
+    let config = docker_config(&vec![Digest::of(&layer); n]);
+    let mut t = Tar::new();
+    t.file("l.tar", &layer).file("c.json", &config).file(
+        "manifest.json",
+        &manifest_json(&[("c.json", &["a:1"], &vec!["l.tar"; n])]),
+    );
+    let p = write(tmp.path(), "d.tar", &t.finish());
+    let src = crate::source::open(p.to_str().unwrap(), None).unwrap();
+    let mut d = Archive::open(src).await.unwrap();
+    d.budget = Arc::new(Budget::default().with_max(Limit::Descriptors, 10));
+    let err = index_default(&Arc::new(d)).await.unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::Budget(Limit::Descriptors)),
+        "{err:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 6. Rootfs tarballs
 
@@ -1808,7 +1896,8 @@ fn repack_segments_alternate_generated_bytes_and_members() {
     }
     let bytes = t.finish();
     let mut ar = tar::Archive::new(&bytes[..]);
-    let toc = super::toc::walk(ar.entries().unwrap(), None, false, None).unwrap();
+    let budget = super::budget::Budget::default();
+    let toc = super::toc::walk(ar.entries().unwrap(), None, false, None, &budget).unwrap();
     let r = super::repack::repack(&toc, "rootfs/").unwrap();
     assert_eq!(r.segments.len(), 2 * 50 + 1);
     for (i, s) in r.segments.iter().enumerate() {

@@ -15,11 +15,6 @@ use crate::source::Source;
 const CAPTURE_MAX_FILE: u64 = 1024 * 1024;
 const CAPTURE_MAX_TOTAL: u64 = 64 * 1024 * 1024;
 
-/// Most entries an archive may have. Real images stay far below (a layer
-/// is one entry of a docker archive; a big rootfs has ~100k files); the
-/// bound keeps a hostile archive of tiny entries from exhausting memory.
-const MAX_ENTRIES: usize = 2_000_000;
-
 /// Size of each range read while walking headers: large enough that the
 /// small JSON files following a header usually come in the same read.
 const WINDOW: u64 = 64 * 1024;
@@ -310,6 +305,7 @@ pub(crate) fn walk<R: Read>(
     total: Option<u64>,
     streaming: bool,
     spill: Option<&dyn Spill>,
+    budget: &super::budget::Budget,
 ) -> Result<Toc, ArchiveError> {
     let mut toc = Toc::default();
     let mut captured_total = 0u64;
@@ -417,11 +413,9 @@ pub(crate) fn walk<R: Read>(
                 }
             }
         }
-        if toc.entries.len() >= MAX_ENTRIES {
-            return Err(ArchiveError::Hostile(format!(
-                "more than {MAX_ENTRIES} entries"
-            )));
-        }
+        // Real images stay far below the limit (a big rootfs has ~100k
+        // files); it keeps tiny entries from exhausting memory.
+        budget.charge(super::budget::Limit::Entries, 1)?;
         if !name.is_empty() {
             raw_names.push(raw_hash(&raw_name));
             toc.push(Entry {
