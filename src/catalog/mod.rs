@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::image::{Digest, Reference, RepoName, Tag};
+use crate::source::SourceError;
 
 pub use crate::cache::FileSpan;
 
@@ -42,13 +43,66 @@ pub enum CatalogError {
         #[source]
         error: LoadError,
     },
-    /// The archive behind an image is unreadable or malformed; other images
-    /// are unaffected.
-    #[error("image {0} cannot be served: {1}")]
-    Broken(String, String),
-    /// The place the archive lives failed (I/O error, upstream error).
-    #[error("source of {0} failed: {1}")]
-    Source(String, String),
+    /// A blob's bytes could not be served; `archive` names where they live
+    /// (redacted), for the log.
+    #[error("blob from {archive}: {error}")]
+    Blob {
+        archive: String,
+        #[source]
+        error: BlobError,
+    },
+    /// The source of a templated route's image cannot even be opened (its
+    /// URL, filled in, is not one cartorio can read).
+    #[error("{route}: {error}")]
+    Open {
+        route: String,
+        #[source]
+        error: SourceError,
+    },
+    /// A range outside the blob.
+    #[error("range {start}-{end} outside a blob of {size} bytes")]
+    RangeInvalid { start: u64, end: u64, size: u64 },
+}
+
+/// Why a blob's bytes could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The bytes disagree with the archive's descriptor (their digest or
+    /// length): the archive is wrong, not its source.
+    #[error("{0}")]
+    Mismatch(#[source] io::Error),
+    /// Reading them failed: the source, or the cache's disk.
+    #[error("{0}")]
+    Read(#[source] io::Error),
+}
+
+impl BlobError {
+    /// The cache's verdict on a read, by its kind: the cache reports a
+    /// digest or length mismatch as `InvalidData` / `InvalidInput`.
+    fn of(e: io::Error) -> BlobError {
+        match e.kind() {
+            io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => BlobError::Mismatch(e),
+            _ => BlobError::Read(e),
+        }
+    }
+}
+
+/// Why the catalog cannot start: a configured source that cannot be opened
+/// or asked for its archive at all.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {error}")]
+pub struct StartError {
+    /// Where the image was configured (config file and entry).
+    pub origin: String,
+    #[source]
+    pub error: SourceError,
+}
+
+/// The binary reports start-up failures as text.
+impl From<StartError> for String {
+    fn from(e: StartError) -> String {
+        e.to_string()
+    }
 }
 
 /// The read-only view of images that the registry serves.
@@ -167,15 +221,17 @@ impl Catalog {
         base: Option<&std::path::Path>,
         revalidate: std::time::Duration,
         cache: Arc<BlobCache>,
-    ) -> Result<Catalog, String> {
+    ) -> Result<Catalog, StartError> {
         let mut repos: BTreeMap<RepoName, Vec<Arc<Binding>>> = BTreeMap::new();
         for spec in specs {
-            let location = Location::open(&sources, &spec.source, &spec.options, base)
-                .map_err(|e| format!("{}: {e}", spec.origin))?;
+            let fail = |error| StartError {
+                origin: spec.origin.clone(),
+                error,
+            };
+            let location =
+                Location::open(&sources, &spec.source, &spec.options, base).map_err(fail)?;
             if let Location::Tar(s) = &location {
-                s.stat()
-                    .await
-                    .map_err(|e| format!("{}: {e}", spec.origin))?;
+                s.stat().await.map_err(fail)?;
             }
             let sidecar = sidecar::open(&sources, &location, &spec.source, &spec.options, base);
             repos.entry(spec.name.clone()).or_default().push(Arc::new(
@@ -251,7 +307,10 @@ impl Catalog {
                         .with_sidecar(sidecar),
                 ))
             })
-            .map_err(|e| CatalogError::Source(r.origin.clone(), e.to_string()))
+            .map_err(|e| CatalogError::Open {
+                route: r.origin.clone(),
+                error: (*e).clone(),
+            })
     }
 
     /// The bindings that may serve `tag` in `repo`.
@@ -439,10 +498,7 @@ impl Images for Catalog {
             }
         };
         if start > end || end >= size {
-            return Err(CatalogError::Broken(
-                repo.to_string(),
-                format!("range {start}-{end} outside blob of {size} bytes"),
-            ));
+            return Err(CatalogError::RangeInvalid { start, end, size });
         }
         if let BlobAt::Memory(b) = &at {
             let part = b.slice(start as usize..=end as usize);
@@ -458,7 +514,10 @@ impl Images for Catalog {
                 .cache
                 .read_in_place(&span, *digest, size, start, end, label.clone())
                 .await
-                .map_err(|e| CatalogError::Source(label, e.to_string()));
+                .map_err(|e| CatalogError::Blob {
+                    archive: label,
+                    error: BlobError::Read(e),
+                });
         }
         // Range reads pinned to the archive's version, for a blob verified
         // at that version when the disk tier cannot take it.
@@ -494,13 +553,9 @@ impl Images for Catalog {
         self.cache
             .read(*digest, size, start, end, label.clone(), fetch, origin)
             .await
-            .map_err(|e| match e.kind() {
-                // The archive's descriptor disagrees with the blob's
-                // verified bytes: this archive is wrong, not its source.
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
-                    CatalogError::Broken(label, e.to_string())
-                }
-                _ => CatalogError::Source(label, e.to_string()),
+            .map_err(|e| CatalogError::Blob {
+                archive: label,
+                error: BlobError::of(e),
             })
     }
 
@@ -522,7 +577,10 @@ impl Images for Catalog {
                 .cache
                 .verified_in_place(&span, *digest, blob.size)
                 .await
-                .map_err(|e| CatalogError::Source(loaded.archive.describe(), e.to_string())),
+                .map_err(|e| CatalogError::Blob {
+                    archive: loaded.archive.describe(),
+                    error: BlobError::Read(e),
+                }),
             None => Ok(self.cache.cached_file(digest, blob.size).await),
         }
     }

@@ -2,12 +2,12 @@
 //! server and the tests drive exactly the same code.
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Body;
 
 use super::auth::{Identity, Rejected};
 use super::body::{self, ResponseBody};
-use super::error::{RegistryError, clip};
+use super::error::{ErrorCode, RegistryError, clip};
 use super::frontend::{CatalogAccess, Frontend};
 use super::ready::Readiness;
 use super::routes::{self, Route};
@@ -171,8 +171,7 @@ async fn route(
                 .map_err(|e| e.for_image(name.as_str(), Some(digest)))
         }
         (Route::Upload { .. }, Some(_)) => Err(RegistryError::new(
-            StatusCode::NOT_FOUND,
-            "BLOB_UPLOAD_UNKNOWN",
+            ErrorCode::BlobUploadUnknown,
             "this registry is read-only and has no uploads",
         )),
         _ => Err(RegistryError::not_found(path)),

@@ -7,7 +7,8 @@
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use cartorio::catalog::{ByteStream, CatalogError, Images, Manifest};
+use cartorio::archive::ArchiveError;
+use cartorio::catalog::{ByteStream, CatalogError, Images, LoadError, Manifest};
 use cartorio::image::{Digest, Reference, RepoName, Tag};
 use cartorio::registry::Readiness;
 use futures_util::stream;
@@ -43,7 +44,10 @@ impl Catalog {
     fn known(repo: &RepoName) -> Result<(), CatalogError> {
         match repo.as_str() {
             REPO => Ok(()),
-            "broken/img" => Err(CatalogError::Broken("broken/img".into(), "bad".into())),
+            "broken/img" => Err(CatalogError::Load {
+                image: "broken/img".into(),
+                error: LoadError::Broken(std::sync::Arc::new(ArchiveError::Corrupt("bad".into()))),
+            }),
             _ => Err(CatalogError::NameUnknown(repo.clone())),
         }
     }
@@ -107,7 +111,7 @@ impl Images for Catalog {
                     "blob({digest}, {start}, {end}) of a {size}-byte blob"
                 ));
             }
-            return Err(CatalogError::Broken(repo.to_string(), "bad range".into()));
+            return Err(CatalogError::RangeInvalid { start, end, size });
         }
         let data = self.blob.slice(start as usize..=end as usize);
         // Uneven chunks, as a cache or source would give them.

@@ -7,7 +7,7 @@ use super::{DOCKER_CONTENT_DIGEST, content_digest, etag, not_modified, not_modif
 use crate::catalog::Images;
 use crate::image::{Digest, RepoName};
 use crate::registry::body::{self, ResponseBody};
-use crate::registry::error::RegistryError;
+use crate::registry::error::{ErrorCode, RegistryError};
 use crate::registry::range::{self, RangeRequest};
 use crate::registry::zerocopy::ZeroCopy;
 
@@ -47,8 +47,7 @@ pub async fn get(
         // the digest instead of asking.
         if digest != Digest::of(b"") {
             return Err(RegistryError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN",
+                ErrorCode::Unknown,
                 format!("blob {digest} is listed as empty but that is not its digest"),
             ));
         }

@@ -1,12 +1,12 @@
 //! `GET|HEAD /v2/<name>/manifests/<reference>`.
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Response, header};
 
 use super::{DOCKER_CONTENT_DIGEST, content_digest, etag, not_modified, not_modified_response};
 use crate::catalog::Images;
 use crate::image::{Reference, RepoName};
 use crate::registry::body::{self, ResponseBody};
-use crate::registry::error::{RegistryError, clip};
+use crate::registry::error::{ErrorCode, RegistryError, clip};
 
 pub async fn get(
     images: &dyn Images,
@@ -22,8 +22,7 @@ pub async fn get(
     // back.
     let reference: Reference = raw_reference.parse().map_err(|_| {
         RegistryError::new(
-            StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
+            ErrorCode::ManifestUnknown,
             format!("{:?} is not a tag or sha256 digest", clip(raw_reference)),
         )
     })?;
@@ -36,8 +35,7 @@ pub async fn get(
     {
         // Serving it would hand out content under the wrong digest.
         return Err(RegistryError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "UNKNOWN",
+            ErrorCode::Unknown,
             format!(
                 "catalog answered {wanted} with manifest {}",
                 manifest.digest
@@ -46,8 +44,7 @@ pub async fn get(
     }
     let content_type = HeaderValue::try_from(manifest.media_type.as_str()).map_err(|_| {
         RegistryError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "UNKNOWN",
+            ErrorCode::Unknown,
             format!("manifest {} has an unusable media type", manifest.digest),
         )
     })?;

@@ -6,8 +6,10 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 
-use crate::catalog::{ByteStream, CatalogError, Images, Manifest};
+use crate::archive::ArchiveError;
+use crate::catalog::{ByteStream, CatalogError, Images, LoadError, Manifest};
 use crate::image::{Digest, Reference, RepoName, Tag, media};
+use crate::source::SourceError;
 
 pub const REPO: &str = "library/app";
 pub const MANIFEST: &[u8] =
@@ -71,14 +73,21 @@ impl Fake {
         match repo.as_str() {
             REPO => Ok(()),
             // As the catalog labels them: by source URL, with secrets.
-            "broken/img" => Err(CatalogError::Broken(
-                SECRET_URL.into(),
-                format!("{SECRET_URL}: truncated archive"),
-            )),
-            "remote/img" => Err(CatalogError::Source(
-                SECRET_URL.into(),
-                format!("error sending request for url ({SECRET_URL}): connection refused"),
-            )),
+            "broken/img" => Err(CatalogError::Load {
+                image: SECRET_URL.into(),
+                error: LoadError::Broken(std::sync::Arc::new(ArchiveError::Corrupt(format!(
+                    "{SECRET_URL}: truncated archive"
+                )))),
+            }),
+            "remote/img" => Err(CatalogError::Load {
+                image: SECRET_URL.into(),
+                error: LoadError::Unavailable(SourceError::Io {
+                    url: SECRET_URL.into(),
+                    message: format!(
+                        "error sending request for url ({SECRET_URL}): connection refused"
+                    ),
+                }),
+            }),
             _ => Err(CatalogError::NameUnknown(repo.clone())),
         }
     }
