@@ -15,10 +15,11 @@ fn is_legacy_id_json(name: &str) -> bool {
 
 /// Whether a 512-byte block is a tar header: its checksum adds up.
 pub(crate) fn looks_like_tar(block: &[u8]) -> bool {
-    if block.len() < 512 {
+    let (Some(field), Some(before), Some(after)) =
+        (block.get(148..156), block.get(..148), block.get(156..512))
+    else {
         return false;
-    }
-    let field = &block[148..156];
+    };
     let digits: String = field
         .iter()
         .take_while(|&&b| b != 0 && b != b' ')
@@ -28,12 +29,7 @@ pub(crate) fn looks_like_tar(block: &[u8]) -> bool {
     let Ok(stored) = u32::from_str_radix(digits.trim(), 8) else {
         return false;
     };
-    let sum: u32 = block[..148]
-        .iter()
-        .chain(&block[156..512])
-        .map(|&b| b as u32)
-        .sum::<u32>()
-        + 8 * 32;
+    let sum: u32 = before.iter().chain(after).map(|&b| b as u32).sum::<u32>() + 8 * 32;
     sum == stored
 }
 

@@ -700,7 +700,7 @@ impl Archive {
                     if n == 0 {
                         break;
                     }
-                    h.update(&buf[..n]);
+                    h.update(buf.get(..n).unwrap_or_default());
                 }
                 Some(h.finish())
             }

@@ -282,13 +282,17 @@ async fn walk_new(
     }
     if let Some(subject) = doc.subject().and_then(|s| Desc::from_spec(s).ok()) {
         let artifact_type = doc.artifact_type().unwrap_or_default();
-        let mut rd = json!({ "mediaType": media_type, "digest": d.digest, "size": d.size });
+        let mut rd = serde_json::Map::new();
+        rd.insert("mediaType".into(), json!(media_type));
+        rd.insert("digest".into(), json!(d.digest));
+        rd.insert("size".into(), json!(d.size));
         if !artifact_type.is_empty() {
-            rd["artifactType"] = json!(artifact_type);
+            rd.insert("artifactType".into(), json!(artifact_type));
         }
         if let Some(a) = doc.annotations() {
-            rd["annotations"] = json!(a);
+            rd.insert("annotations".into(), json!(a));
         }
+        let rd = serde_json::Value::Object(rd);
         // A manifest reached twice (under two tags) is one referrer.
         let list = ix.referrers.entry(subject.digest).or_default();
         if !list.contains(&rd) {

@@ -166,15 +166,15 @@ fn build_image(
         },
     );
     let root = ix.add_generated(&config, &layers, &mut set);
-    let cv: serde_json::Value = serde_json::from_slice(&config).unwrap_or_default();
+    let cv = super::model::oci::PlatformFields::of_config(&config);
     FoundImage {
         refs: Vec::new(),
         root,
         digests: set,
         platforms: vec![platform(
-            cv["os"].as_str(),
-            cv["architecture"].as_str(),
-            cv["variant"].as_str(),
+            cv.os.as_deref(),
+            cv.architecture.as_deref(),
+            cv.variant.as_deref(),
         )],
         layers: vec![(layer_digest, layer_size)],
     }

@@ -259,14 +259,14 @@ fn spill_entry(
         if n == 0 {
             break;
         }
-        if seen < 8 {
-            let k = (8 - seen as usize).min(n);
-            head[seen as usize..seen as usize + k].copy_from_slice(&buf[..k]);
+        let chunk = buf.get(..n).unwrap_or_default();
+        if let Some(rest) = usize::try_from(seen).ok().and_then(|s| head.get_mut(s..)) {
+            rest.iter_mut().zip(chunk).for_each(|(h, b)| *h = *b);
         }
         seen += n as u64;
-        hasher.update(&buf[..n]);
+        hasher.update(chunk);
         if let Some(o) = out.as_mut()
-            && o.write_all(&buf[..n]).is_err()
+            && o.write_all(chunk).is_err()
             && let Some(o) = out.take()
         {
             o.abort();
@@ -500,8 +500,12 @@ impl Read for RangeReader {
             self.window_start = self.pos;
         }
         let start = (self.pos - self.window_start) as usize;
-        let n = buf.len().min(self.window.len() - start);
-        buf[..n].copy_from_slice(&self.window[start..start + n]);
+        let avail = self.window.get(start..).unwrap_or_default();
+        let n = buf.len().min(avail.len());
+        match (buf.get_mut(..n), avail.get(..n)) {
+            (Some(to), Some(from)) if n > 0 => to.copy_from_slice(from),
+            _ => return Err(io::Error::other("range reader out of step")),
+        }
         self.pos += n as u64;
         Ok(n)
     }

@@ -233,6 +233,9 @@ impl Gzip {
                     _ => return Err(self.corrupt(self.message(ret))),
                 }
                 if let Some(r) = rec {
+                    // `produced` is what inflate wrote into `out`, so never
+                    // more than its length.
+                    #[allow(clippy::indexing_slicing)]
                     r.output(&out[..produced]);
                     // At the end of a deflate block that is not the last:
                     // a place where raw inflate can start (zran.c's test).

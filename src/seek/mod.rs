@@ -155,11 +155,17 @@ impl Recorder {
 
     fn output(&mut self, data: &[u8]) {
         self.out += data.len() as u64;
-        let data = &data[data.len().saturating_sub(WINDOW)..];
+        let data = data
+            .get(data.len().saturating_sub(WINDOW)..)
+            .unwrap_or(data);
         let first = data.len().min(WINDOW - self.ring_pos);
-        self.ring[self.ring_pos..self.ring_pos + first].copy_from_slice(&data[..first]);
-        let rest = &data[first..];
-        self.ring[..rest.len()].copy_from_slice(rest);
+        let (head, rest) = data.split_at(first);
+        if let Some(to) = self.ring.get_mut(self.ring_pos..self.ring_pos + first) {
+            to.copy_from_slice(head);
+        }
+        if let Some(to) = self.ring.get_mut(..rest.len()) {
+            to.copy_from_slice(rest);
+        }
         self.ring_pos = (self.ring_pos + data.len()) % WINDOW;
     }
 
@@ -168,10 +174,11 @@ impl Recorder {
         let n = (self.out.min(WINDOW as u64)) as usize;
         let mut w = Vec::with_capacity(n);
         if n == WINDOW {
-            w.extend_from_slice(&self.ring[self.ring_pos..]);
-            w.extend_from_slice(&self.ring[..self.ring_pos]);
+            let (older, newer) = self.ring.split_at(self.ring_pos.min(self.ring.len()));
+            w.extend_from_slice(newer);
+            w.extend_from_slice(older);
         } else {
-            w.extend_from_slice(&self.ring[..n]);
+            w.extend_from_slice(self.ring.get(..n).unwrap_or_default());
         }
         w
     }
@@ -282,9 +289,11 @@ impl<R: Read> Read for PointReader<R> {
                     Err(SeekError::Truncated.into())
                 };
             }
-            let s = self
-                .dec
-                .step(&self.buf[self.pos..self.len], out, Some(&mut self.rec))?;
+            let input = self
+                .buf
+                .get(self.pos..self.len)
+                .ok_or_else(|| io::Error::other("seek reader out of step"))?;
+            let s = self.dec.step(input, out, Some(&mut self.rec))?;
             self.pos += s.consumed;
             if s.produced > 0 {
                 return Ok(s.produced);
@@ -361,6 +370,8 @@ where
             } else {
                 this.left.min(OUT as u64) as usize
             };
+            // `want` is at most OUT, the length of `out`.
+            #[allow(clippy::indexing_slicing)]
             let s = match this.dec.step(&this.chunk, &mut out[..want], None) {
                 Ok(s) => s,
                 Err(e) => {

@@ -115,10 +115,10 @@ impl Points {
     /// the stream when none is).
     pub fn nearest(&self, out: u64) -> Point {
         let i = self.points.partition_point(|p| p.out <= out);
-        match i {
-            0 => Point::start(self.codec),
-            i => self.points[i - 1].clone(),
-        }
+        i.checked_sub(1)
+            .and_then(|i| self.points.get(i))
+            .cloned()
+            .unwrap_or_else(|| Point::start(self.codec))
     }
 
     /// Keeps points at least `span` apart (member and frame points are
@@ -230,7 +230,10 @@ impl Points {
         if magic != MAGIC {
             return Err(bad("not a seek point list"));
         }
-        let codec = match take(&mut b, 1).ok_or_else(|| bad("truncated"))?[0] {
+        let codec = match take(&mut b, 1)
+            .and_then(|c| c.first().copied())
+            .ok_or_else(|| bad("truncated"))?
+        {
             1 => Codec::Gzip,
             2 => Codec::Zstd,
             c => return Err(SeekError::BadPoint(format!("unknown codec {c}"))),
@@ -249,7 +252,9 @@ impl Points {
             let out = u64_le(&mut b).ok_or_else(|| bad("truncated"))?;
             let inp = u64_le(&mut b).ok_or_else(|| bad("truncated"))?;
             let kb = take(&mut b, 2).ok_or_else(|| bad("truncated"))?;
-            let (kind, bits) = (kb[0], kb[1]);
+            let &[kind, bits] = kb else {
+                return Err(bad("truncated"));
+            };
             let wlen = u32_le(&mut b).ok_or_else(|| bad("truncated"))? as usize;
             if wlen > MAX_PACKED_WINDOW {
                 return Err(SeekError::BadPoint(format!("a window of {wlen} bytes")));

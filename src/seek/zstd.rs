@@ -62,11 +62,19 @@ impl Zstd {
             msg: zstd_safe::get_error_name(code).to_string(),
         })?;
         if let Some(r) = rec {
+            // `produced` is the output buffer's position, never past `out`.
+            #[allow(clippy::indexing_slicing)]
             r.output(&out[..produced]);
         }
         self.boundary = hint == 0;
         Ok(Step { consumed, produced })
     }
+}
+
+/// The little-endian u32 at `at` in `b`, if `b` holds it.
+fn le32(b: &[u8], at: usize) -> Option<u32> {
+    let bytes: [u8; 4] = b.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_le_bytes(bytes))
 }
 
 /// Size of the seek table's footer, the last bytes of a seekable file.
@@ -81,13 +89,13 @@ pub fn seek_table_len(footer: &[u8]) -> Result<Option<u64>, SeekError> {
     let Some(f) = footer.get(footer.len().saturating_sub(SEEK_TABLE_FOOTER)..) else {
         return Ok(None);
     };
-    if f.len() != SEEK_TABLE_FOOTER
-        || u32::from_le_bytes([f[5], f[6], f[7], f[8]]) != SEEKABLE_MAGIC
-    {
+    let (Some(frames), Some(&descriptor), Some(magic)) = (le32(f, 0), f.get(4), le32(f, 5)) else {
+        return Ok(None);
+    };
+    if f.len() != SEEK_TABLE_FOOTER || magic != SEEKABLE_MAGIC {
         return Ok(None);
     }
-    let frames = u64::from(u32::from_le_bytes([f[0], f[1], f[2], f[3]]));
-    let descriptor = f[4];
+    let frames = u64::from(frames);
     if descriptor & 0x7c != 0 {
         return Err(SeekError::BadPoint("seek table: reserved bits set".into()));
     }
@@ -107,19 +115,23 @@ pub fn parse_seek_table(table: &[u8], stored_size: u64) -> Result<Points, SeekEr
     if table.len() as u64 != len || len > stored_size {
         return Err(bad(format!("{} bytes where {len} belong", table.len())));
     }
-    let magic = u32::from_le_bytes([table[0], table[1], table[2], table[3]]);
-    let size = u32::from_le_bytes([table[4], table[5], table[6], table[7]]);
+    let truncated = || bad("truncated".into());
+    let (magic, size) = le32(table, 0).zip(le32(table, 4)).ok_or_else(truncated)?;
     if magic != SKIPPABLE_MAGIC || u64::from(size) != len - 8 {
         return Err(bad("not a skippable frame of the right size".into()));
     }
-    let f = &table[table.len() - SEEK_TABLE_FOOTER..];
-    let entry = if f[4] & 0x80 != 0 { 12 } else { 8 };
-    let entries = &table[8..table.len() - SEEK_TABLE_FOOTER];
+    let footer = table
+        .len()
+        .checked_sub(SEEK_TABLE_FOOTER)
+        .ok_or_else(truncated)?;
+    let descriptor = *table.get(footer + 4).ok_or_else(truncated)?;
+    let entry = if descriptor & 0x80 != 0 { 12 } else { 8 };
+    let entries = table.get(8..footer).ok_or_else(truncated)?;
     let (mut inp, mut out) = (0u64, 0u64);
     let mut points = Vec::with_capacity(entries.len() / entry);
     for e in entries.chunks_exact(entry) {
-        let c = u64::from(u32::from_le_bytes([e[0], e[1], e[2], e[3]]));
-        let d = u64::from(u32::from_le_bytes([e[4], e[5], e[6], e[7]]));
+        let (c, d) = le32(e, 0).zip(le32(e, 4)).ok_or_else(truncated)?;
+        let (c, d) = (u64::from(c), u64::from(d));
         if c == 0 {
             return Err(bad("an empty frame".into()));
         }
