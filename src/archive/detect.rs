@@ -94,6 +94,47 @@ pub(crate) fn walk_dir(root: &Path) -> Result<(Toc, String), ArchiveError> {
     Ok((toc, format!("dir-{}.{}-{count}", newest.0, newest.1)))
 }
 
+/// The names whose presence decides a format, and the format's name.
+const MARKERS: [(&str, &str); 5] = [
+    ("oci-layout", "OCI layout"),
+    ("index.json", "OCI layout"),
+    ("manifest.json", "docker archive"),
+    ("repositories", "docker archive"),
+    ("metadata.json", "Concourse resource"),
+];
+
+/// Refuses an archive that stores a format marker twice, or under a name
+/// that only some readers take for it (`manifest.json/.`, `./x/../…` is
+/// already refused): which format it is, and which bytes describe it,
+/// would depend on the reader.
+fn refuse_disguised_markers(toc: &Toc) -> Result<(), ArchiveError> {
+    for (marker, format) in MARKERS {
+        if toc.repeated(marker) {
+            return Err(ArchiveError::Hostile(format!(
+                "{format}: two members are named {marker}: readers disagree on which one counts"
+            )));
+        }
+    }
+    for e in toc.entries() {
+        if !e.name.split('/').any(|c| c.is_empty() || c == ".") {
+            continue;
+        }
+        let resolved: Vec<&str> = e
+            .name
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        let resolved = resolved.join("/");
+        if let Some((marker, format)) = MARKERS.iter().find(|(m, _)| *m == resolved) {
+            return Err(ArchiveError::Hostile(format!(
+                "{format}: {marker} is stored as {:?}; names are compared as stored",
+                e.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Decides the format from the TOC and builds what it serves.
 /// `config` is the image config override for formats that synthesize one.
 pub async fn index(
@@ -101,6 +142,7 @@ pub async fn index(
     config: &ImageConfig,
 ) -> Result<Indexed, ArchiveError> {
     let toc = &archive.toc;
+    refuse_disguised_markers(toc)?;
     let has = |n: &str| toc.get(n).is_some();
     // Markers are entries stored under these exact names, whatever they
     // are: an archive carrying one is that format or refused with its

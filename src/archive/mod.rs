@@ -491,6 +491,13 @@ impl Archive {
     /// which charges nothing.
     pub async fn read_doc(&self, name: &str) -> Result<Bytes, ArchiveError> {
         let e = self.member(name)?;
+        // Readers disagree on which of two same-named documents counts.
+        if self.toc.repeated(&e.name) {
+            return Err(ArchiveError::Hostile(format!(
+                "two members are named {:?}: readers disagree on which one counts",
+                e.name
+            )));
+        }
         self.budget
             .charge(budget::Limit::DocumentBytes, e.size.min(MAX_DOC + 1))?;
         self.read_member(name).await

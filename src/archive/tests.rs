@@ -2159,11 +2159,22 @@ async fn format_markers_that_are_not_the_format_are_refused_not_served_as_rootfs
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_are_compared_as_stored() {
     let tmp = tempfile::tempdir().unwrap();
-    // `manifest.json/.` is not `manifest.json`: no docker marker, a rootfs.
+    // `manifest.json/.` is not `manifest.json`; but some readers take it
+    // for one, so it is refused rather than served as a rootfs.
     let mut t = Tar::new();
     t.raw(b"manifest.json/.", tar::EntryType::Regular, b"", b"[]");
     let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
     assert!(a.toc.get("manifest.json").is_none());
+    let err = index_default(&a).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::Hostile(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("manifest.json is stored as"),
+        "{err}"
+    );
+    // A dot inside a name that is not a marker is left alone.
+    let mut t = Tar::new();
+    t.raw(b"etc/./hosts", tar::EntryType::Regular, b"", b"x");
+    let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
     assert_eq!(
         index_default(&a).await.unwrap().format,
         Some(Format::Rootfs)
@@ -2189,4 +2200,32 @@ async fn names_are_compared_as_stored() {
     );
     let a = open(tmp.path(), "t.tar", &t.finish()).await.unwrap();
     assert_eq!(&a.read_member("a.json").await.unwrap()[..], b"2");
+    // ... but not for a document a format reads: two manifest.json (some
+    // readers take the first) are refused, and so are two configs.
+    let (bytes, _, config) = simple_docker_archive();
+    let mut twice = Tar::new();
+    twice.file("manifest.json", b"[]");
+    let mut twice = twice.finish();
+    twice.truncate(twice.len() - 1024);
+    twice.extend_from_slice(&bytes);
+    let a = open(tmp.path(), "t.tar", &twice).await.unwrap();
+    let err = index_default(&a).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::Hostile(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("two members are named manifest.json"),
+        "{err}"
+    );
+    let config_name = format!("{}.json", Digest::of(&config).hex());
+    let mut twice = Tar::new();
+    twice.file(&config_name, b"{}");
+    let mut twice = twice.finish();
+    twice.truncate(twice.len() - 1024);
+    twice.extend_from_slice(&bytes);
+    let a = open(tmp.path(), "t.tar", &twice).await.unwrap();
+    let err = index_default(&a).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("two members are named {config_name:?}")),
+        "{err}"
+    );
 }

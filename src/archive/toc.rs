@@ -68,6 +68,11 @@ pub struct Toc {
     /// Only needed while formats are read; not kept in a saved index.
     #[serde(skip)]
     captured: HashMap<String, Bytes>,
+    /// Names stored more than once (not as folders): a later one replaces
+    /// the earlier as extraction does, but a document a format reads must
+    /// not be one of them.
+    #[serde(skip)]
+    repeated: std::collections::HashSet<String>,
 }
 
 /// A TOC as read back from a saved index.
@@ -90,7 +95,14 @@ impl Toc {
     pub(crate) fn push(&mut self, entry: Entry) {
         // A later entry of the same name replaces an earlier one, as when
         // the tar is extracted.
-        self.by_name.insert(entry.name.clone(), self.entries.len());
+        let before = self.by_name.insert(entry.name.clone(), self.entries.len());
+        if entry.kind != EntryKind::Dir
+            && before
+                .and_then(|i| self.entries.get(i))
+                .is_some_and(|e| e.kind != EntryKind::Dir)
+        {
+            self.repeated.insert(entry.name.clone());
+        }
         self.entries.push(entry);
     }
 
@@ -156,6 +168,11 @@ impl Toc {
     pub fn entry(&self, name: &str) -> Option<&Entry> {
         let name = normalize(name).ok()?;
         self.entries.get(*self.by_name.get(&name)?)
+    }
+
+    /// Whether more than one file, link or device is stored under `name`.
+    pub fn repeated(&self, name: &str) -> bool {
+        normalize(name).is_ok_and(|n| self.repeated.contains(&n))
     }
 
     /// The bytes of a small file captured while walking, if it was.
