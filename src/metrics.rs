@@ -39,6 +39,7 @@ pub struct Metrics {
     pub index_loads: AtomicU64,
     pub index_restores: AtomicU64,
     pub index_failures: AtomicU64,
+    pub source_listings: AtomicU64,
     /// Connections being served now (a gauge).
     pub connections_open: AtomicU64,
     pub connections_closed_idle: AtomicU64,
@@ -95,6 +96,7 @@ impl Metrics {
             index_loads: AtomicU64::new(0),
             index_restores: AtomicU64::new(0),
             index_failures: AtomicU64::new(0),
+            source_listings: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             connections_closed_idle: AtomicU64::new(0),
             connections_closed_write_timeout: AtomicU64::new(0),
@@ -140,7 +142,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 19] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
             (
                 "cartorio_cache_memory_hits_total",
                 "Blob reads served from the memory tier.",
@@ -195,6 +197,11 @@ impl Metrics {
                 "cartorio_index_failures_total",
                 "Archives that could not be indexed.",
                 &self.index_failures,
+            ),
+            (
+                "cartorio_source_listings_total",
+                "Listings of a templated route's prefix sent to its source (for _catalog and tags/list).",
+                &self.source_listings,
             ),
             (
                 "cartorio_connections_closed_idle_total",

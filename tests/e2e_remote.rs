@@ -870,6 +870,115 @@ fn missing_upstream_objects() {
     assert_eq!(error_code(&r), "NAME_UNKNOWN");
 }
 
+/// `cartorio_source_listings_total` from `/metrics`.
+fn listings(s: &Server) -> u64 {
+    let r = http("GET", &s.url("/metrics"), &[]);
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix("cartorio_source_listings_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("cartorio_source_listings_total in /metrics")
+}
+
+/// Unauthenticated requests cannot drive unbounded upstream work: `_catalog` and tags/list
+/// reuse one listing per prefix for 30 s (`LIST_TTL`), concurrent ones share it, and a
+/// templated name whose archive is not there costs one upstream stat per 10 s
+/// (`MISSING_TTL`), however often it is asked. Allowed counts grow with the time the test
+/// took, so a slow machine does not fail it.
+#[test]
+fn upstream_work_is_bounded() {
+    e2e!("nginx", "s3s-fs");
+    const N: usize = 20;
+    // S3: listings.
+    let root = tempdir();
+    builds_tree(&root.path().join("cibuilds"));
+    let s3 = TestServer::s3s(root.path(), KEY, SECRET);
+    let tmp = tempdir();
+    let on_s3 = Server::proxy(&route_config(
+        tmp.path(),
+        "s3://cibuilds/builds/{repo}/{tag}/image.tar",
+        &s3_table(&s3, SECRET),
+    ));
+    let started = Instant::now();
+    let before = listings(&on_s3);
+    for _ in 0..N {
+        let r = http("GET", &on_s3.url("/v2/_catalog"), &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(tags_of(&on_s3, "builds/app"), ["1", "3"]);
+        let r = http("GET", &on_s3.url("/v2/builds/ghost/tags/list"), &[]);
+        assert_eq!(r.status, 404, "{}", r.text());
+    }
+    // Concurrent listings of a new prefix share one.
+    std::thread::scope(|t| {
+        for _ in 0..8 {
+            t.spawn(|| assert_eq!(tags_of(&on_s3, "builds/team/web"), ["2"]));
+        }
+    });
+    let windows = 1 + started.elapsed().as_secs() / 30;
+    let sent = listings(&on_s3) - before;
+    note(&format!(
+        "upstream work: {} _catalog and {} tags/list requests (4 prefixes) cost {sent} S3 listings",
+        N,
+        2 * N + 8
+    ));
+    assert!(sent >= 4, "the four prefixes were listed: {sent}");
+    assert!(
+        sent <= 4 * windows,
+        "{sent} listings for 4 prefixes in {windows} TTL window(s)"
+    );
+
+    // HTTP: stats of names that are not there.
+    let www = tempdir();
+    builds_tree(www.path());
+    let nginx = TestServer::nginx(www.path());
+    let tmp2 = tempdir();
+    let on_nginx = Server::proxy(&route_config(
+        tmp2.path(),
+        &format!("{}/builds/{{repo}}/{{tag}}/image.tar", nginx.endpoint()),
+        "",
+    ));
+    let names: Vec<String> = (0..5).map(|i| format!("builds/ghost{i}")).collect();
+    let mark = nginx.served().len();
+    let started = Instant::now();
+    for _ in 0..N {
+        for name in &names {
+            let r = http(
+                "GET",
+                &on_nginx.url(&format!("/v2/{name}/manifests/1")),
+                &[ACCEPT_MANIFESTS],
+            );
+            assert_eq!(r.status, 404, "{name}: {}", r.text());
+        }
+    }
+    let windows = 1 + started.elapsed().as_secs() / 10;
+    // nginx logs a request when it is done: wait for at least one per name.
+    let served = nginx.served_until(|l| {
+        names.iter().all(|n| {
+            l[mark..]
+                .iter()
+                .any(|s| s.request.contains(&format!("/{n}/")))
+        })
+    });
+    for name in &names {
+        let asked = served[mark..]
+            .iter()
+            .filter(|s| s.request.contains(&format!("/{name}/")))
+            .count() as u64;
+        assert!(
+            asked <= windows,
+            "{name}: {asked} upstream requests for {N} pulls in {windows} window(s)"
+        );
+    }
+    note(&format!(
+        "upstream work: {} pulls of {} missing names cost {} nginx requests",
+        N * names.len(),
+        names.len(),
+        served.len() - mark
+    ));
+    // A real image next to them still pulls.
+    get_manifest(&on_nginx, "builds/app", "1");
+}
+
 // ------------------------------------------------------------------------------------------
 // 8. Cold and warm pulls
 // ------------------------------------------------------------------------------------------

@@ -271,6 +271,14 @@ async fn s3s_fs_reads_lists_and_denies() {
         .unwrap();
     assert_eq!(all.len(), 3, "{all:?}");
     assert_eq!(all[2], "s3://artifacts/other/x.tar");
+    // Capped: the first keys in key order, and whether there were more.
+    let capped = sources
+        .list_capped("s3://artifacts", &opts, None, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(capped.urls, all[..2]);
+    assert!(capped.truncated);
 
     let missing = sources
         .open("s3://artifacts/nope.tar", &opts, None)
@@ -342,6 +350,16 @@ async fn directories_list_recursively() {
         .unwrap()
         .unwrap();
     assert_eq!(urls[0], format!("file://{d}/a/b/z.tar"));
+    // Capped: the same first objects on every run (each folder's files in name order, then its
+    // folders), and whether there were more.
+    for _ in 0..3 {
+        let capped = sources.list_capped(d, &o, None, 2).await.unwrap().unwrap();
+        assert_eq!(capped.urls, [format!("{d}/a/y.tar"), format!("{d}/x.tar")]);
+        assert!(capped.truncated);
+    }
+    let whole = sources.list_capped(d, &o, None, 3).await.unwrap().unwrap();
+    assert_eq!(whole.urls, paths);
+    assert!(!whole.truncated);
     // Relative to the config's directory.
     let rel = sources
         .list("a", &o, Some(dir.path()))

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::image::{Digest, Reference, RepoName, Tag};
-use crate::source::SourceError;
+use crate::metrics::{METRICS, inc};
+use crate::source::{Listing, Redacted, SourceError};
 
 pub use crate::cache::FileSpan;
 
@@ -192,11 +193,39 @@ const MAX_ROUTE_BINDINGS: u64 = 4096;
 /// A route binding's key: route index, the `{repo}` value, the tag.
 type RouteKey = (usize, String, Option<Tag>);
 
+/// How long a templated route's listing (for `_catalog` and `tags/list`) is
+/// reused: unauthenticated clients asking in a loop cost one listing of the
+/// bucket per prefix per this, and a new archive shows within it.
+pub const LIST_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Most objects one listing reads; past it the listing is cut (logged), so
+/// a bucket prefix with millions of keys costs a bounded listing.
+pub const LIST_CAP: usize = 10_000;
+
+/// How many listings (one per route prefix) are kept.
+const MAX_LISTINGS: u64 = 1024;
+
+/// How long a templated name or tag whose archive the source says is not
+/// there is answered unknown without asking again: random names cost one
+/// stat each per this, and a new archive is found within it.
+pub const MISSING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How many missing names are remembered (least recently used dropped
+/// first): bounded memory under a flood of random names.
+const MAX_MISSING: u64 = 16_384;
+
 /// The configured repositories and the archives behind them.
 pub struct Catalog {
     repos: BTreeMap<RepoName, Vec<Arc<Binding>>>,
     routes: Vec<RouteSpec>,
     route_bindings: moka::sync::Cache<RouteKey, Arc<Binding>>,
+    /// Route bindings whose archive was not there, kept apart so a flood
+    /// of random names neither asks the source again nor pushes the
+    /// bindings of real images out of `route_bindings`.
+    missing: moka::sync::Cache<RouteKey, ()>,
+    /// Route listings by (route, prefix); None for a source that cannot
+    /// list. Concurrent requests share one listing.
+    listings: moka::future::Cache<(usize, String), Option<Arc<Listing>>>,
     sources: Sources,
     base: Option<PathBuf>,
     revalidate: std::time::Duration,
@@ -242,6 +271,14 @@ impl Catalog {
             repos,
             routes,
             route_bindings: moka::sync::Cache::new(MAX_ROUTE_BINDINGS),
+            missing: moka::sync::Cache::builder()
+                .max_capacity(MAX_MISSING)
+                .time_to_live(MISSING_TTL)
+                .build(),
+            listings: moka::future::Cache::builder()
+                .max_capacity(MAX_LISTINGS)
+                .time_to_live(LIST_TTL)
+                .build(),
             sources,
             base: base.map(PathBuf::from),
             revalidate,
@@ -268,20 +305,25 @@ impl Catalog {
         Err(CatalogError::NameUnknown(repo.clone()))
     }
 
-    /// The binding for one archive of a templated route. The name and tag
-    /// were validated by parsing; only then are they put into the URL.
-    fn route_binding(
+    /// The binding for one archive of a templated route, None when its
+    /// archive is not there (remembered for [`MISSING_TTL`]). The name and
+    /// tag were validated by parsing; only then are they put into the URL.
+    async fn route_binding(
         &self,
         repo: &RepoName,
         route: usize,
         rest: &str,
         tag: Option<&Tag>,
-    ) -> Result<Arc<Binding>, CatalogError> {
+    ) -> Result<Option<Arc<Binding>>, CatalogError> {
         let r = &self.routes[route];
         let tag = tag.filter(|_| r.template.has_tag()).cloned();
         let key = (route, rest.to_string(), tag.clone());
-        self.route_bindings
-            .try_get_with(key, || {
+        if self.missing.contains_key(&key) {
+            return Ok(None);
+        }
+        let b = self
+            .route_bindings
+            .try_get_with(key.clone(), || {
                 let source = r.template.fill(rest, tag.as_ref());
                 let spec = ImageSpec {
                     name: repo.clone(),
@@ -310,29 +352,41 @@ impl Catalog {
             .map_err(|e| CatalogError::Open {
                 route: r.origin.clone(),
                 error: (*e).clone(),
-            })
+            })?;
+        if let Err(LoadError::Missing(_)) = b.current().await {
+            self.route_bindings.invalidate(&key);
+            self.missing.insert(key, ());
+            return Ok(None);
+        }
+        Ok(Some(b))
     }
 
     /// The bindings that may serve `tag` in `repo`.
-    fn bindings_for_tag(
+    async fn bindings_for_tag(
         &self,
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<Vec<Arc<Binding>>, CatalogError> {
         match self.repo(repo)? {
             Repo::Static(b) => Ok(b.to_vec()),
-            Repo::Route(i, rest) => Ok(vec![self.route_binding(repo, i, &rest, Some(tag))?]),
+            Repo::Route(i, rest) => Ok(self
+                .route_binding(repo, i, &rest, Some(tag))
+                .await?
+                .into_iter()
+                .collect()),
         }
     }
 
     /// The bindings of `repo` that may hold a digest: for a route with
     /// `{tag}`, the archives of tags already asked for.
-    fn bindings_known(&self, repo: &RepoName) -> Result<Vec<Arc<Binding>>, CatalogError> {
+    async fn bindings_known(&self, repo: &RepoName) -> Result<Vec<Arc<Binding>>, CatalogError> {
         match self.repo(repo)? {
             Repo::Static(b) => Ok(b.to_vec()),
-            Repo::Route(i, rest) if !self.routes[i].template.has_tag() => {
-                Ok(vec![self.route_binding(repo, i, &rest, None)?])
-            }
+            Repo::Route(i, rest) if !self.routes[i].template.has_tag() => Ok(self
+                .route_binding(repo, i, &rest, None)
+                .await?
+                .into_iter()
+                .collect()),
             Repo::Route(i, rest) => {
                 let mut found: Vec<(Option<Tag>, Arc<Binding>)> = self
                     .route_bindings
@@ -352,7 +406,7 @@ impl Catalog {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<Arc<Loaded>>, CatalogError> {
-        for b in self.bindings_known(repo)? {
+        for b in self.bindings_known(repo).await? {
             // A source that fails now may still have a good index from
             // before; its blobs are verified as they stream anyway.
             let Some(loaded) = b.current().await.ok().or_else(|| b.last()) else {
@@ -365,17 +419,35 @@ impl Catalog {
         Ok(None)
     }
 
-    /// Lists a prefix of a route's source, logging (not failing) when the
-    /// source cannot list or the listing fails.
-    async fn list(&self, route: &RouteSpec, prefix: &str) -> Option<Vec<String>> {
-        match self
-            .sources
-            .list(prefix, &route.options, self.base.as_deref())
-            .await
-        {
+    /// Lists a prefix of a route's source (see [`LIST_TTL`], [`LIST_CAP`]),
+    /// logging (not failing) when the source cannot list or the listing
+    /// fails; a failed listing is not kept.
+    async fn list(&self, route: usize, prefix: &str) -> Option<Arc<Listing>> {
+        let r = &self.routes[route];
+        let listed = self
+            .listings
+            .try_get_with((route, prefix.to_string()), async {
+                let l = self
+                    .sources
+                    .list_capped(prefix, &r.options, self.base.as_deref(), LIST_CAP)
+                    .await?;
+                if l.is_some() {
+                    inc(&METRICS.source_listings);
+                }
+                if l.as_ref().is_some_and(|l| l.truncated) {
+                    tracing::warn!(
+                        route = r.origin,
+                        "{}: more than {LIST_CAP} objects; listing only the first",
+                        Redacted(prefix)
+                    );
+                }
+                Ok::<_, SourceError>(l.map(Arc::new))
+            })
+            .await;
+        match listed {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(route = route.origin, "cannot list {prefix}: {e}");
+                tracing::warn!(route = r.origin, "cannot list {}: {e}", Redacted(prefix));
                 None
             }
         }
@@ -434,7 +506,7 @@ impl Images for Catalog {
             Reference::Tag(tag) => {
                 let mut broken = None;
                 let mut hit = None;
-                for b in self.bindings_for_tag(repo, tag)? {
+                for b in self.bindings_for_tag(repo, tag).await? {
                     let mut r = b.current().await;
                     // A tag the index lacks may have just been added to the
                     // source: look again (bounded) before saying unknown.
@@ -591,10 +663,12 @@ impl Images for Catalog {
             Repo::Route(i, rest) if self.routes[i].template.has_tag() => {
                 let r = &self.routes[i];
                 let prefix = r.template.tag_prefix(&rest).unwrap_or_default();
-                match self.list(r, &prefix).await {
-                    Some(urls) => {
+                match self.list(i, &prefix).await {
+                    Some(listing) => {
                         tags.extend(
-                            urls.iter()
+                            listing
+                                .urls
+                                .iter()
                                 .filter_map(|u| r.template.parse_url(u))
                                 .filter(|(p, _)| *p == rest)
                                 .filter_map(|(_, t)| t),
@@ -605,10 +679,10 @@ impl Images for Catalog {
                         return Ok(tags.into_iter().collect());
                     }
                     // Not listable (HTTP): the tags pulled so far.
-                    None => self.bindings_known(repo)?,
+                    None => self.bindings_known(repo).await?,
                 }
             }
-            _ => self.bindings_known(repo)?,
+            _ => self.bindings_known(repo).await?,
         };
         let mut any = false;
         for b in bindings {
@@ -633,12 +707,14 @@ impl Images for Catalog {
 
     async fn repositories(&self) -> Vec<RepoName> {
         let mut out: BTreeSet<RepoName> = self.repos.keys().cloned().collect();
-        for r in &self.routes {
-            let Some(urls) = self.list(r, &r.template.list_prefix()).await else {
+        for (i, r) in self.routes.iter().enumerate() {
+            let Some(listing) = self.list(i, &r.template.list_prefix()).await else {
                 continue;
             };
             out.extend(
-                urls.iter()
+                listing
+                    .urls
+                    .iter()
                     .filter_map(|u| r.template.parse_url(u))
                     .filter_map(|(rest, _)| format!("{}{rest}", r.prefix).parse().ok()),
             );
@@ -652,7 +728,7 @@ impl Images for Catalog {
         digest: &Digest,
     ) -> Result<Vec<serde_json::Value>, CatalogError> {
         let mut out = Vec::new();
-        for b in self.bindings_known(repo)? {
+        for b in self.bindings_known(repo).await? {
             if let Ok(l) = b.current().await
                 && l.digests.contains(digest)
             {

@@ -28,6 +28,15 @@ pub use options::{HttpOptions, S3Addressing, S3Options, SourceOptions};
 pub use redact::{Redacted, redact};
 pub use s3::S3Source;
 
+/// What a listing found: at most the number of objects asked for, and
+/// whether there were more.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Full URLs, sorted.
+    pub urls: Vec<String>,
+    pub truncated: bool,
+}
+
 /// Size and version of an object.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stat {
@@ -204,12 +213,29 @@ impl Sources {
         opts: &SourceOptions,
         base: Option<&Path>,
     ) -> Result<Option<Vec<String>>, SourceError> {
+        Ok(self
+            .list_capped(prefix_url, opts, base, usize::MAX)
+            .await?
+            .map(|l| l.urls))
+    }
+
+    /// Like [`Sources::list`], stopping after `limit` objects so a huge
+    /// prefix costs a bounded listing: S3 stops asking for pages, a
+    /// directory walk stops (it walks each folder in name order, so the
+    /// same tree always gives the same first `limit`).
+    pub async fn list_capped(
+        &self,
+        prefix_url: &str,
+        opts: &SourceOptions,
+        base: Option<&Path>,
+        limit: usize,
+    ) -> Result<Option<Listing>, SourceError> {
         match kind(prefix_url, base)? {
             Kind::Http => Ok(None),
             Kind::File(dir) => {
                 let as_url = prefix_url.starts_with("file://");
                 let url = prefix_url.to_string();
-                let found = tokio::task::spawn_blocking(move || list_dir(&dir))
+                let found = tokio::task::spawn_blocking(move || list_dir(&dir, limit))
                     .await
                     .map_err(|e| SourceError::io(&url, e))?
                     .map_err(|e| {
@@ -220,8 +246,10 @@ impl Sources {
                         }
                     })?;
                 let root = prefix_url.trim_end_matches('/');
+                let truncated = found.len() > limit;
                 let mut out: Vec<String> = found
                     .into_iter()
+                    .take(limit)
                     .map(|rel| {
                         if as_url || !root.is_empty() {
                             format!("{root}/{rel}")
@@ -231,11 +259,14 @@ impl Sources {
                     })
                     .collect();
                 out.sort();
-                Ok(Some(out))
+                Ok(Some(Listing {
+                    urls: out,
+                    truncated,
+                }))
             }
             Kind::S3 { bucket, key } => {
                 let store = self.s3_store(prefix_url, bucket, &opts.s3)?;
-                s3::list(&store, bucket, key).await.map(Some)
+                s3::list(&store, bucket, key, limit).await.map(Some)
             }
         }
     }
@@ -267,13 +298,22 @@ impl Sources {
     }
 }
 
-/// The regular files below `dir`, as `/`-separated paths relative to it.
-fn list_dir(dir: &Path) -> std::io::Result<Vec<String>> {
+/// The regular files below `dir`, as `/`-separated paths relative to it;
+/// past `limit`, one more (so the caller knows there were more) and no
+/// further. Each folder is read in name order, so the cut is the same on
+/// every run.
+fn list_dir(dir: &Path, limit: usize) -> std::io::Result<Vec<String>> {
     let mut out = Vec::new();
     let mut todo = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, rel)) = todo.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
+        let mut entries = std::fs::read_dir(&d)?.collect::<std::io::Result<Vec<_>>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        // Folders are pushed in reverse, so they pop in name order.
+        let mut folders = Vec::new();
+        for entry in entries {
+            if out.len() > limit {
+                return Ok(out);
+            }
             let name = entry.file_name().to_string_lossy().into_owned();
             let r = if rel.is_empty() {
                 name
@@ -284,13 +324,14 @@ fn list_dir(dir: &Path) -> std::io::Result<Vec<String>> {
             // directories are not followed, so a loop cannot trap us.
             let ft = entry.file_type()?;
             if ft.is_dir() {
-                todo.push((entry.path(), r));
+                folders.push((entry.path(), r));
             } else if ft.is_file()
                 || (ft.is_symlink() && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()))
             {
                 out.push(r);
             }
         }
+        todo.extend(folders.into_iter().rev());
     }
     Ok(out)
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{TryStreamExt, stream};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use object_store::ClientConfigKey;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
@@ -315,22 +315,31 @@ impl Source for S3Source {
 }
 
 /// The objects under `prefix` (taken as a folder), as `s3://bucket/key`.
+/// The first `limit` keys under `prefix` (S3 lists in key order; pages
+/// past them are never asked for).
 pub(super) async fn list(
     store: &AmazonS3,
     bucket: &str,
     prefix: &str,
-) -> Result<Vec<String>, SourceError> {
+    limit: usize,
+) -> Result<super::Listing, SourceError> {
     let url = format!("s3://{bucket}/{prefix}");
     let prefix = prefix.trim_end_matches('/');
     let p = (!prefix.is_empty()).then(|| object_path(prefix));
     let mut out: Vec<String> = store
         .list(p.as_ref())
+        .take(limit.saturating_add(1))
         .map_ok(|m| format!("s3://{bucket}/{}", m.location))
         .try_collect()
         .await
         .map_err(|e| map_err(&url, e, None))?;
     out.sort();
-    Ok(out)
+    let truncated = out.len() > limit;
+    out.truncate(limit);
+    Ok(super::Listing {
+        urls: out,
+        truncated,
+    })
 }
 
 #[cfg(test)]
