@@ -7,9 +7,15 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::catalog::Template;
 use crate::image::{ImageConfig, RepoName, Tag};
 use crate::source::{HttpOptions, S3Options, SourceOptions};
+pub use crate::template::Template;
+
+/// How long a checked version is trusted before the source is asked again,
+/// by default (`revalidate`). Keeps a busy tag from costing a stat (a HEAD,
+/// remotely) per request while a replaced archive is still noticed within
+/// a second.
+pub const DEFAULT_REVALIDATE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The address `proxy` and `serve` listen on unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
@@ -393,7 +399,7 @@ impl Config {
             });
         }
         let revalidate = match &raw.revalidate {
-            None => crate::catalog::DEFAULT_REVALIDATE,
+            None => DEFAULT_REVALIDATE,
             Some(s) => parse_duration(s.get_ref()).ok_or_else(|| {
                 invalid(s.span(), format!("revalidate = {:?}: expected a duration such as \"500ms\", \"1s\" or \"5m\"", s.get_ref()))
             })?,

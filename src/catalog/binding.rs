@@ -196,11 +196,6 @@ pub enum SelectError {
 /// reports it.
 const UNAVAILABLE: &str = "\0unavailable";
 
-/// How long a checked version is trusted before the source is asked again,
-/// by default. Keeps a busy tag from costing a stat (a HEAD, remotely) per
-/// request while a replaced archive is still noticed within a second.
-pub const DEFAULT_REVALIDATE: Duration = Duration::from_secs(1);
-
 /// On a miss (a tag the index lacks) the source is asked again, but not
 /// more often than this, so a client asking for unknown tags in a loop
 /// cannot turn every request into an upstream request.

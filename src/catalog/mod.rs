@@ -1,6 +1,8 @@
 //! The catalog: which repositories and tags exist and where their images
 //! come from. The registry front end knows only the [`Images`] trait; the
-//! catalog knows the archives below it.
+//! catalog knows the archives below it, and takes what to serve from the
+//! config's specs ([`ImageSpec`], [`RouteSpec`]): config owns those types
+//! and knows nothing of the catalog.
 use std::io;
 use std::pin::Pin;
 
@@ -169,12 +171,10 @@ pub trait Images: Send + Sync + 'static {
 mod binding;
 mod probe;
 pub mod sidecar;
-mod template;
 
-pub use binding::{
-    Binding, DEFAULT_REVALIDATE, LoadError, Loaded, Location, RETRY_BACKOFF, SelectError,
-};
-pub use template::Template;
+pub use crate::config::DEFAULT_REVALIDATE;
+pub use crate::template::Template;
+pub use binding::{Binding, LoadError, Loaded, Location, RETRY_BACKOFF, SelectError};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
