@@ -306,9 +306,16 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+        let raw: RawConfig = toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of(text, span),
+                message: e.message().trim_end().to_string(),
+            },
+            None => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string().trim_end().to_string(),
+            },
         })?;
         let invalid = |span: Range<usize>, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -478,7 +485,7 @@ dir = "/var/cache/cartorio"
             parse("[[image]]\nname = \"app\"\nsource = \"a.tar\"\ncolour = \"red\"\n").unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.contains("images.toml") && msg.contains("colour") && msg.contains("line 4"),
+            msg.starts_with("images.toml:4: ") && msg.contains("colour"),
             "{msg}"
         );
 

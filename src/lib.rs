@@ -9,6 +9,7 @@ pub mod image;
 pub mod logging;
 pub(crate) mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod rlimit;
 pub mod seek;
 pub mod source;

@@ -14,6 +14,7 @@ use cartorio::image::{ImageConfig, RepoName, Tag};
 use cartorio::logging::LogFormat;
 use cartorio::registry::tls::{Tls, TlsFiles};
 use cartorio::registry::{Endpoints, Frontend, Readiness};
+use cartorio::reload::{Reloadable, Swap};
 use cartorio::source::Sources;
 
 #[derive(Parser)]
@@ -302,6 +303,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
             let access = (front.auth(Some(&cfg))?, front.catalog(Some(&cfg)));
+            let reload = Reload::Config {
+                path: config.clone(),
+                flags: front.clone(),
+                first: Box::new(cfg.clone()),
+            };
             let front = front.over(&cfg);
             let (cache, ready) = open_cache(&cfg.cache, &cfg.base)
                 .map_err(|e| format!("{}: {e}", config.display()))?;
@@ -322,6 +328,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 limits.limits(),
                 front,
                 access,
+                reload,
             )
             .await
         }
@@ -341,6 +348,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             };
             let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
             let access = (front.auth(None)?, front.catalog(None));
+            let reload = Reload::Args {
+                archives: archives.clone(),
+                flags: front.clone(),
+            };
             let (cache, ready) = open_cache(&cache, &cwd)?;
             let mut specs = Vec::new();
             for a in &archives {
@@ -356,7 +367,16 @@ async fn run(cli: Cli) -> Result<(), String> {
             )
             .await?;
             ready.set_loaded(true);
-            serve(catalog, ready, &listen, limits.limits(), front, access).await
+            serve(
+                catalog,
+                ready,
+                &listen,
+                limits.limits(),
+                front,
+                access,
+                reload,
+            )
+            .await
         }
         Command::Inspect { path, json } => inspect(&path, json).await,
         Command::Index { source, output } => index_sidecar(&source, output).await,
@@ -406,6 +426,94 @@ fn open_cache(
     Ok((Arc::new(BlobCache::new(&settings)), ready))
 }
 
+/// What a reload (SIGHUP, or the config file changing) reads again.
+enum Reload {
+    /// `proxy`: the config file, under the same command-line flags.
+    Config {
+        path: PathBuf,
+        flags: FrontArgs,
+        /// The config at start-up, to tell which changes need a restart.
+        first: Box<Config>,
+    },
+    /// `serve`: the same archive arguments (their sources looked at again).
+    Args {
+        archives: Vec<String>,
+        flags: FrontArgs,
+    },
+}
+
+impl Reload {
+    fn file(&self) -> Option<PathBuf> {
+        match self {
+            Reload::Config { path, .. } => Some(path.clone()),
+            Reload::Args { .. } => None,
+        }
+    }
+
+    /// Builds and validates everything the new config says, then swaps it
+    /// in; on error nothing changes. What it did, for the log.
+    async fn run(&self, images: &Reloadable, front: &Swap<Frontend>) -> Result<String, String> {
+        let (specs, routes, base, revalidate, auth, catalog_access) = match self {
+            Reload::Config { path, flags, first } => {
+                let cfg = Config::load(path).map_err(|e| e.to_string())?;
+                let auth = flags
+                    .auth(Some(&cfg))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if restart_needed(first, &cfg) {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "listen, admin_listen, [tls] and [cache] changes take effect at the next restart"
+                    );
+                }
+                let access = flags.catalog(Some(&cfg));
+                let base = Some(cfg.base);
+                (cfg.images, cfg.routes, base, cfg.revalidate, auth, access)
+            }
+            Reload::Args { archives, flags } => {
+                let mut specs = Vec::new();
+                for a in archives {
+                    specs.extend(serve_specs(a).await?);
+                }
+                let auth = flags.auth(None)?;
+                let access = flags.catalog(None);
+                (specs, Vec::new(), None, DEFAULT_REVALIDATE, auth, access)
+            }
+        };
+        let old = images.catalog();
+        let new = old
+            .reloaded(specs, routes, base.as_deref(), revalidate)
+            .await?;
+        let (kept, total) = new.reused_from(&old);
+        images.replace(new);
+        let current = front.load();
+        front.store(Arc::new(Frontend {
+            auth,
+            catalog: catalog_access,
+            ..(*current).clone()
+        }));
+        Ok(format!(
+            "{total} image entries, {kept} of them unchanged (their indexes kept)"
+        ))
+    }
+}
+
+/// Whether settings only read at start-up differ.
+fn restart_needed(a: &Config, b: &Config) -> bool {
+    let tls = |c: &Config| c.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
+    let cache = |c: &Config| {
+        (
+            c.cache.dir.clone(),
+            c.cache.disk.clone(),
+            c.cache.memory.clone(),
+        )
+    };
+    a.listen != b.listen
+        || a.admin_listen != b.admin_listen
+        || tls(a) != tls(b)
+        || cache(a) != cache(b)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     catalog: Catalog,
     ready: Arc<Readiness>,
@@ -416,6 +524,7 @@ async fn serve(
         Option<Arc<cartorio::registry::auth::Auth>>,
         cartorio::registry::CatalogAccess,
     ),
+    reload: Reload,
 ) -> Result<(), String> {
     let tls = match (front.tls_cert, front.tls_key) {
         (Some(cert), Some(key)) => {
@@ -423,7 +532,8 @@ async fn serve(
         }
         _ => None,
     };
-    let images: Arc<dyn cartorio::catalog::Images> = Arc::new(catalog);
+    let served = Arc::new(Reloadable::new(catalog));
+    let images: Arc<dyn cartorio::catalog::Images> = served.clone();
     // Both listeners stop on the same signal.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -482,8 +592,25 @@ async fn serve(
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
+    let front = Arc::new(Swap::new(Arc::new(front)));
+    {
+        let front = front.clone();
+        let reload = Arc::new(reload);
+        tokio::spawn(cartorio::reload::watch(reload.file(), move |cause| {
+            let (reload, served, front) = (reload.clone(), served.clone(), front.clone());
+            async move {
+                tracing::info!("reloading ({cause})");
+                match reload.run(&served, &front).await {
+                    Ok(what) => tracing::info!("reloaded ({cause}): {what}"),
+                    Err(e) => tracing::error!(
+                        "not reloaded ({cause}): {e}; still serving the previous configuration"
+                    ),
+                }
+            }
+        }));
+    }
     let result =
-        cartorio::registry::serve_with(listener, images, ready, Arc::new(front), limits, stopped())
+        cartorio::registry::serve_reloadable(listener, images, ready, front, limits, stopped())
             .await;
     if let Some(admin) = admin {
         let _ = admin.await;

@@ -633,3 +633,172 @@ fn metrics_count_open_connections_and_each_timeout() {
     );
     assert_eq!(metric(&server, "cartorio_connections_open"), 1);
 }
+
+/// The OCI error code of an error response.
+fn error_code(r: &Response) -> String {
+    r.json()["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn sighup(server: &Server) {
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+}
+
+/// Polls `path` until it answers `status` (a reload is asynchronous).
+fn wait_status(server: &Server, path: &str, status: u16, secs: u64) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = http("GET", &server.url(path), &[ACCEPT_MANIFESTS]);
+        if r.status == status || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// SIGHUP and config-file changes reload the config: added images pull,
+/// removed ones are NAME_UNKNOWN, changed rules apply, a blob download
+/// under way finishes whole, unchanged images keep their indexes; a
+/// broken config is logged with its file and line and the old one keeps
+/// serving.
+#[test]
+fn reload_on_sighup_and_on_file_change_keeps_serving() {
+    if !e2e("reload_on_sighup_and_on_file_change_keeps_serving") {
+        return;
+    }
+    let tmp = tempdir();
+    let mk = |name: &str, size: usize| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        rootfs(&d, size)
+    };
+    let (a, b, c) = (mk("a", 4096), mk("b", 8192), mk("c", 24 << 20));
+    let c_layer = sha256_file(&c);
+    let entry = |name: &str, path: &Path| {
+        format!(
+            "[[image]]\nname = \"{name}\"\nsource = {}\ntags = [\"v1\"]\n",
+            toml_str(&path.display().to_string())
+        )
+    };
+    let cfg_path = tmp.path().join("images.toml");
+    let write = |body: String| {
+        // Written aside and renamed, as a ConfigMap update does.
+        let t = tmp.path().join("images.toml.tmp");
+        std::fs::write(&t, body).expect("write");
+        std::fs::rename(&t, &cfg_path).expect("rename");
+    };
+    write(format!(
+        "[auth]\nanonymous = [\"a\", \"c\"]\n{}{}{}",
+        entry("a", &a),
+        entry("c", &c),
+        entry("x", &b)
+    ));
+    let server = Server::proxy(&cfg_path);
+    let pull = |name: &str| {
+        let (dir, m) = pull_dir(&server, &format!("{name}:v1"), &[]);
+        check_dir_blobs(dir.path(), &m);
+    };
+    pull("a");
+    let r = http(
+        "GET",
+        &server.url("/v2/x/manifests/v1"),
+        &[ACCEPT_MANIFESTS],
+    );
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (404, "NAME_UNKNOWN".into()),
+        "x is not allowed yet"
+    );
+    let indexed = || {
+        metric(&server, "cartorio_index_loads_total")
+            + metric(&server, "cartorio_index_restores_total")
+    };
+    let indexed_before = indexed();
+
+    // A slow download of c's layer, under way across the reload.
+    let slow_out = tmp.path().join("slow.bin");
+    let mut slow = std::process::Command::new("curl")
+        .args(["-sSf", "--limit-rate", "4M", "-o"])
+        .arg(&slow_out)
+        .arg(server.url(&format!("/v2/c/blobs/{c_layer}")))
+        .spawn()
+        .expect("curl");
+    std::thread::sleep(Duration::from_millis(700));
+
+    // Add b, remove c, allow x.
+    write(format!(
+        "[auth]\nanonymous = [\"a\", \"b\", \"x\"]\n{}{}{}",
+        entry("a", &a),
+        entry("b", &b),
+        entry("x", &b)
+    ));
+    sighup(&server);
+    let r = wait_status(&server, "/v2/b/manifests/v1", 200, 30);
+    assert_eq!(
+        r.status,
+        200,
+        "b after the reload: {}\n{}",
+        r.text(),
+        server.stderr()
+    );
+    assert!(
+        slow.try_wait().expect("curl").is_none(),
+        "the slow download finished before the reload; make it slower"
+    );
+    let r = http(
+        "GET",
+        &server.url("/v2/c/manifests/v1"),
+        &[ACCEPT_MANIFESTS],
+    );
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (404, "NAME_UNKNOWN".into()),
+        "{}",
+        r.text()
+    );
+    pull("b");
+    pull("x");
+    pull("a");
+    // Only b's archive was new: a's index (and x's, the same entry as
+    // before under a new rule) were kept.
+    assert_eq!(indexed() - indexed_before, 1);
+    let st = slow.wait().expect("curl");
+    assert!(st.success(), "the download under way failed: {st}");
+    assert_eq!(sha256_file(&slow_out), c_layer);
+
+    // A broken config: logged with file and line; the old one serves.
+    write(format!(
+        "{}[[image]]\nname = \"b\"\nsource = \n",
+        entry("a", &a)
+    ));
+    sighup(&server);
+    let want = format!("{}:7", cfg_path.display());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.stderr().contains("not reloaded") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stderr = server.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("not reloaded"))
+        .unwrap_or_else(|| panic!("no reload error logged:\n{stderr}"));
+    assert!(line.contains(&want), "{want} in {line}");
+    pull("b");
+
+    // A config-file change alone, no signal: c is back.
+    write(format!("{}{}", entry("a", &a), entry("c", &c)));
+    let r = wait_status(&server, "/v2/c/manifests/v1", 200, 30);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), server.stderr());
+    let r = http(
+        "GET",
+        &server.url("/v2/b/manifests/v1"),
+        &[ACCEPT_MANIFESTS],
+    );
+    assert_eq!(error_code(&r), "NAME_UNKNOWN");
+}

@@ -251,8 +251,67 @@ impl Catalog {
         revalidate: std::time::Duration,
         cache: Arc<BlobCache>,
     ) -> Result<Catalog, StartError> {
+        Catalog::build(specs, routes, sources, base, revalidate, cache, None).await
+    }
+
+    /// A catalog of a reloaded config, sharing this one's cache. Entries
+    /// that did not change keep their bindings (their indexes, and the
+    /// cache's knowledge of their blobs); unchanged routes keep the
+    /// bindings of the repositories they served. Validated like
+    /// [`Catalog::new`]: on error nothing changes.
+    pub async fn reloaded(
+        &self,
+        specs: Vec<ImageSpec>,
+        routes: Vec<RouteSpec>,
+        base: Option<&std::path::Path>,
+        revalidate: std::time::Duration,
+    ) -> Result<Catalog, StartError> {
+        let cache = self.cache.clone();
+        Catalog::build(
+            specs,
+            routes,
+            self.sources.clone(),
+            base,
+            revalidate,
+            cache,
+            Some(self),
+        )
+        .await
+    }
+
+    /// How many static entries of `previous` this catalog reuses, and how
+    /// many it has.
+    pub fn reused_from(&self, previous: &Catalog) -> (usize, usize) {
+        let old: Vec<&Arc<Binding>> = previous.repos.values().flatten().collect();
+        let all: Vec<&Arc<Binding>> = self.repos.values().flatten().collect();
+        let kept = all
+            .iter()
+            .filter(|b| old.iter().any(|o| Arc::ptr_eq(o, b)))
+            .count();
+        (kept, all.len())
+    }
+
+    async fn build(
+        specs: Vec<ImageSpec>,
+        routes: Vec<RouteSpec>,
+        sources: Sources,
+        base: Option<&std::path::Path>,
+        revalidate: std::time::Duration,
+        cache: Arc<BlobCache>,
+        previous: Option<&Catalog>,
+    ) -> Result<Catalog, StartError> {
+        let same_base =
+            previous.is_some_and(|p| p.base.as_deref() == base && p.revalidate == revalidate);
         let mut repos: BTreeMap<RepoName, Vec<Arc<Binding>>> = BTreeMap::new();
         for spec in specs {
+            let kept = previous
+                .filter(|_| same_base)
+                .and_then(|p| p.repos.get(&spec.name))
+                .and_then(|bs| bs.iter().find(|b| same_image(&b.spec, &spec)));
+            if let Some(b) = kept {
+                repos.entry(spec.name.clone()).or_default().push(b.clone());
+                continue;
+            }
             let fail = |error| StartError {
                 origin: spec.origin.clone(),
                 error,
@@ -267,10 +326,14 @@ impl Catalog {
                 Binding::new(spec, location, revalidate, Some(cache.clone())).with_sidecar(sidecar),
             ));
         }
+        let route_bindings = match previous {
+            Some(p) if same_base && same_routes(&p.routes, &routes) => p.route_bindings.clone(),
+            _ => moka::sync::Cache::new(MAX_ROUTE_BINDINGS),
+        };
         let catalog = Catalog {
             repos,
             routes,
-            route_bindings: moka::sync::Cache::new(MAX_ROUTE_BINDINGS),
+            route_bindings,
             missing: moka::sync::Cache::builder()
                 .max_capacity(MAX_MISSING)
                 .time_to_live(MISSING_TTL)
@@ -452,6 +515,30 @@ impl Catalog {
             }
         }
     }
+}
+
+/// Whether two static entries serve the same thing (where in the config
+/// they were written does not matter).
+fn same_image(a: &ImageSpec, b: &ImageSpec) -> bool {
+    a.name == b.name
+        && a.source == b.source
+        && a.tags == b.tags
+        && a.select == b.select
+        && a.only_name == b.only_name
+        && a.config == b.config
+        && a.options == b.options
+}
+
+/// Whether two lists of templated routes are the same routes.
+fn same_routes(a: &[RouteSpec], b: &[RouteSpec]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            a.prefix == b.prefix
+                && a.template.to_string() == b.template.to_string()
+                && a.select == b.select
+                && a.config == b.config
+                && a.options == b.options
+        })
 }
 
 /// Opens a blob's bytes from its start, wherever the archive keeps them.

@@ -59,14 +59,10 @@ pub(super) async fn handle(
     let method = req.method().clone();
     let uri = req.uri().clone();
     let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
-    let (mut resp, tier) = tracking_tier(handle_with(
-        &*shared.images,
-        &shared.ready,
-        &shared.front,
-        req,
-    ))
-    .instrument(span)
-    .await;
+    let front = shared.front.load();
+    let (mut resp, tier) = tracking_tier(handle_with(&*shared.images, &shared.ready, &front, req))
+        .instrument(span)
+        .await;
     resp.headers_mut().insert(REQUEST_ID, id.clone());
     let status = resp.status().as_u16();
     (

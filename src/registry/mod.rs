@@ -38,7 +38,8 @@ pub use frontend::{ADMIN_PATHS, CatalogAccess, Endpoints, Frontend};
 pub use ready::{NotReady, Readiness};
 pub use router::{handle, handle_with};
 pub use server::{
-    DRAIN_TIMEOUT, IDLE_TIMEOUT, Limits, WRITE_TIMEOUT, default_max_connections, serve, serve_with,
+    DRAIN_TIMEOUT, IDLE_TIMEOUT, Limits, WRITE_TIMEOUT, default_max_connections, serve,
+    serve_reloadable, serve_with,
 };
 
 #[cfg(test)]

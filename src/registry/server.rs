@@ -25,6 +25,7 @@ use super::frontend::Frontend;
 use super::ready::Readiness;
 use crate::catalog::Images;
 use crate::metrics::{METRICS, inc};
+use crate::reload::Swap;
 
 /// How long in-flight requests may run after shutdown begins, by default.
 /// Long enough for a manifest or a resumed layer over a decent link; short
@@ -85,7 +86,8 @@ pub fn default_max_connections() -> usize {
 pub(super) struct Shared {
     pub(super) images: Arc<dyn Images>,
     pub(super) ready: Arc<Readiness>,
-    pub(super) front: Arc<Frontend>,
+    /// Replaced on config reload (auth policy, `_catalog` access).
+    pub(super) front: Arc<Swap<Frontend>>,
     builder: auto::Builder<TokioExecutor>,
     pub(super) limits: Limits,
     /// Wakes connections to close themselves if idle (see
@@ -118,6 +120,21 @@ pub async fn serve_with(
     images: Arc<dyn Images>,
     ready: Arc<Readiness>,
     front: Arc<Frontend>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let front = Arc::new(Swap::new(front));
+    serve_reloadable(listener, images, ready, front, limits, shutdown).await
+}
+
+/// [`serve_with`], with a [`Frontend`] that may be replaced while serving
+/// (on config reload); each request uses the one current when it starts.
+/// TLS is taken from the frontend per connection.
+pub async fn serve_reloadable(
+    listener: TcpListener,
+    images: Arc<dyn Images>,
+    ready: Arc<Readiness>,
+    front: Arc<Swap<Frontend>>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
@@ -195,8 +212,9 @@ pub async fn serve_with(
             // TLS connections stay with hyper: only plain TCP may take the
             // sendfile front (zerocopy.rs); HTTP/2 with prior knowledge goes
             // to hyper too.
-            if shared.front.tls.is_some() {
-                let Some(stream) = super::tls::wrap(shared.front.tls.as_ref(), stream).await else {
+            let tls = shared.front.load().tls.clone();
+            if tls.is_some() {
+                let Some(stream) = super::tls::wrap(tls.as_ref(), stream).await else {
                     return;
                 };
                 serve_io(TokioIo::new(stream), peer, shared, stop, open).await;
