@@ -10,6 +10,10 @@
 #                               only that every measurement runs (exit 0)
 #   options: --rounds N  (override)   --only 1,3,5  (a subset of the measurements)
 #            --out FILE  (also write the report there)
+#            --sockets  (also the misbehaving-sockets rows, scripts/bench/sockets.py: a manifest
+#                       GET's latency with 20,000 silent sockets open, capped by the hard
+#                       open-file limit; RSS and fds with 1,000 readers stalled mid-blob, and
+#                       how long until --write-timeout drops them; about a minute)
 #
 # What it does:
 #   * installs what is missing with apt-get (nginx-light, docker-registry, skopeo, umoci,
@@ -45,13 +49,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-QUICK=; ROUNDS=; ONLY=; OUT=
+QUICK=; ROUNDS=; ONLY=; OUT=; SOCKETS=
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=--quick ;;
     --rounds) ROUNDS=$2; shift ;;
     --only) ONLY=$2; shift ;;
     --out) OUT=$2; shift ;;
+    --sockets) SOCKETS=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -136,6 +141,11 @@ if [ -z "$ONLY" ] && command -v zstd >/dev/null; then
   { printf '\n### Compressed tarballs over HTTP (nginx), no disk cache\n\n'
     python3 scripts/bench/seek.py --bin "$BIN" --tmp "$TMP" ${QUICK:+--size-mib 64}
   } >> "$TMP/report.md" || echo "bench.sh: seek rows failed" >&2
+fi
+if [ -n "$SOCKETS" ]; then
+  step "misbehaving sockets"
+  python3 scripts/bench/sockets.py --bin "$BIN" --tmp "$TMP" >> "$TMP/report.md" \
+    || echo "bench.sh: socket rows failed or missed a target" >&2
 fi
 cat "$TMP/report.md"
 [ -n "$OUT" ] && cp "$TMP/report.md" "$OUT"
