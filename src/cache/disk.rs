@@ -119,7 +119,8 @@ impl DiskCache {
         self.lru.lock().map(|mut l| l.touch(d)).unwrap_or(false)
     }
 
-    /// Moves a verified temp file into the cache and evicts past the bound.
+    /// Moves a verified temp file into the cache and evicts past the bound
+    /// (blocking: call it on a blocking thread).
     pub fn commit(&self, tmp: &Path, d: &Digest, size: u64) -> std::io::Result<PathBuf> {
         let dest = self.path(d);
         std::fs::rename(tmp, &dest)?;
@@ -143,7 +144,8 @@ impl DiskCache {
     }
 
     /// Forgets a blob whose file vanished, could not be read or is not
-    /// the blob.
+    /// the blob. Touches no file (the caller removes it, on a blocking
+    /// thread): it is called from the async request path.
     pub fn forget(&self, d: &Digest) {
         if let Ok(mut l) = self.lru.lock() {
             l.remove(d);
@@ -151,7 +153,6 @@ impl DiskCache {
         if let Ok(mut v) = self.verified.lock() {
             v.remove(d);
         }
-        let _ = std::fs::remove_file(self.path(d));
     }
 
     /// Bytes stored.
@@ -163,13 +164,22 @@ impl DiskCache {
         self.max
     }
 
-    /// Removes least recently used blobs until the total fits. A blob being
-    /// read keeps its bytes until its readers close it (unlink semantics).
+    /// Removes least recently used blobs until the total fits (blocking:
+    /// call it on a blocking thread). A blob being read keeps its bytes
+    /// until its readers close it (unlink semantics). The files are
+    /// removed after the lock is released.
     fn evict(&self) {
-        let Ok(mut l) = self.lru.lock() else { return };
-        while l.total > self.max {
-            let Some(d) = l.oldest() else { break };
-            l.remove(&d);
+        let victims = {
+            let Ok(mut l) = self.lru.lock() else { return };
+            let mut victims = Vec::new();
+            while l.total > self.max {
+                let Some(d) = l.oldest() else { break };
+                l.remove(&d);
+                victims.push(d);
+            }
+            victims
+        };
+        for d in victims {
             if let Err(e) = std::fs::remove_file(self.path(&d))
                 && e.kind() != std::io::ErrorKind::NotFound
             {

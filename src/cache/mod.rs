@@ -10,10 +10,10 @@ mod index;
 mod inplace;
 mod verify;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -46,8 +46,9 @@ pub struct CacheSettings {
 
 #[derive(Clone, Debug)]
 enum Progress {
-    /// Bytes written to the temp file so far.
-    Writing(u64),
+    /// `received` bytes came from upstream (the latest of them are in the
+    /// flight's window); the first `written` of them are in the temp file.
+    Writing { received: u64, written: u64 },
     /// Verified; the file is complete.
     Done,
     /// Upstream failed or the digest did not match: cut the response.
@@ -56,12 +57,67 @@ enum Progress {
     CacheFailed,
 }
 
+/// How many recent upstream bytes a flight keeps in memory: a follower that
+/// keeps up with the upstream is served the very buffers the hasher and the
+/// temp file get, instead of reading the file back.
+const WINDOW: u64 = 8 * 1024 * 1024;
+
+/// How many chunks may wait for the hasher or the temp-file writer before
+/// the upstream read waits for them.
+const QUEUE: usize = 32;
+
 struct Flight {
-    tmp: PathBuf,
     /// The size the flight verifies against: a reader that expects another
     /// size is refused rather than served a prefix or a short file.
     size: u64,
     progress: watch::Receiver<Progress>,
+    /// The temp file, once the fill created it (on a blocking thread).
+    file: OnceLock<Arc<std::fs::File>>,
+    /// The latest upstream chunks, by offset.
+    window: Mutex<Window>,
+}
+
+#[derive(Default)]
+struct Window {
+    chunks: VecDeque<(u64, Bytes)>,
+    bytes: u64,
+}
+
+impl Flight {
+    /// Bytes `pos..limit` (or a prefix of them) from the window, if the
+    /// window still holds `pos`.
+    fn windowed(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        let w = self.window.lock().ok()?;
+        let first = w.chunks.front()?.0;
+        if pos < first {
+            return None;
+        }
+        // Chunks are contiguous: find the one holding `pos`.
+        let i = w
+            .chunks
+            .partition_point(|(off, b)| off + b.len() as u64 <= pos);
+        let (off, b) = w.chunks.get(i)?;
+        let hi = (off + b.len() as u64).min(limit);
+        (pos < hi).then(|| b.slice((pos - off) as usize..(hi - off) as usize))
+    }
+
+    fn push(&self, off: u64, b: Bytes) {
+        if let Ok(mut w) = self.window.lock() {
+            w.bytes += b.len() as u64;
+            w.chunks.push_back((off, b));
+            while w.bytes > WINDOW && w.chunks.len() > 1 {
+                if let Some((_, old)) = w.chunks.pop_front() {
+                    w.bytes -= old.len() as u64;
+                }
+            }
+        }
+    }
+
+    fn clear_window(&self) {
+        if let Ok(mut w) = self.window.lock() {
+            *w = Window::default();
+        }
+    }
 }
 
 /// A descriptor whose size disagrees with the verified bytes of its digest.
@@ -191,33 +247,29 @@ impl BlobCache {
             return Ok(hit);
         }
         let flight = self.flight(digest, size, label.clone(), fetch.clone())?;
-        let Some(flight) = flight else {
-            // The cache cannot take it: straight from upstream.
-            return self
-                .direct(digest, size, start, end, label, fetch, origin)
-                .await;
-        };
         // Wait for the source's first bytes, so a source that fails at once
         // is answered with an error status instead of a cut 200.
         let mut first = flight.progress.clone();
         loop {
-            match &*first.borrow_and_update() {
-                Progress::Writing(0) => {}
+            let now = first.borrow_and_update().clone();
+            match now {
+                Progress::Writing { received: 0, .. } => {}
                 Progress::Failed(why) => return Err(io::Error::other(why.to_string())),
+                // The cache cannot take it: straight from upstream.
+                Progress::CacheFailed => {
+                    return self
+                        .direct(digest, size, start, end, label, fetch, origin)
+                        .await;
+                }
                 _ => break,
             }
             if first.changed().await.is_err() {
                 break;
             }
         }
-        let file = match std::fs::File::open(&flight.tmp) {
-            Ok(f) => Some(Arc::new(f)),
-            // Renamed into place already: the verified file.
-            Err(_) => std::fs::File::open(disk.path(&digest)).ok().map(Arc::new),
-        };
         Ok(follow(Follow {
-            file,
             progress: flight.progress.clone(),
+            flight,
             pos: start,
             end,
             size,
@@ -249,6 +301,10 @@ impl BlobCache {
             // another length tells a wrong descriptor (the file is the
             // blob) from a damaged file.
             let good = (verified && len == size) || file_matches(&path, &digest);
+            if !good {
+                // Not the blob: removed here, off the async workers.
+                let _ = std::fs::remove_file(&path);
+            }
             Ok::<_, io::Error>((f, len, good))
         })
         .await
@@ -264,6 +320,10 @@ impl BlobCache {
             // Vanished or unreadable: fetch it again.
             Err(_) => {
                 disk.forget(&digest);
+                let path = disk.path(&digest);
+                drop(tokio::task::spawn_blocking(move || {
+                    let _ = std::fs::remove_file(path);
+                }));
                 return Ok(None);
             }
         };
@@ -282,18 +342,16 @@ impl BlobCache {
         Ok(Some(file_range(f, start, end)))
     }
 
-    /// The flight filling `digest`, started if there is none. None when
-    /// the disk tier cannot create a temp file.
+    /// The flight filling `digest`, started if there is none. Only the
+    /// map is touched under the lock: the temp file is created by the fill,
+    /// on a blocking thread.
     fn flight(
         self: &Arc<Self>,
         digest: Digest,
         size: u64,
         label: String,
         fetch: Fetch,
-    ) -> io::Result<Option<Arc<Flight>>> {
-        let Some(disk) = &self.disk else {
-            return Ok(None);
-        };
+    ) -> io::Result<Arc<Flight>> {
         let mut flights = self
             .flights
             .lock()
@@ -304,58 +362,84 @@ impl BlobCache {
             }
             inc(&METRICS.cache_fill_joins);
             crate::metrics::served(crate::metrics::Tier::Follower);
-            return Ok(Some(f.clone()));
+            return Ok(f.clone());
         }
-        let tmp = disk.temp_path(&digest);
-        let file = match std::fs::File::create(&tmp) {
-            Ok(f) => f,
-            Err(e) => {
-                inc(&METRICS.cache_write_errors);
-                tracing::warn!(dir = %tmp.display(), "disk cache cannot write, serving from the source: {e}");
-                return Ok(None);
-            }
-        };
-        inc(&METRICS.cache_fills);
         crate::metrics::served(crate::metrics::Tier::Fill);
-        let (tx, rx) = watch::channel(Progress::Writing(0));
+        let (tx, rx) = watch::channel(Progress::Writing {
+            received: 0,
+            written: 0,
+        });
         let flight = Arc::new(Flight {
-            tmp: tmp.clone(),
             size,
             progress: rx,
+            file: OnceLock::new(),
+            window: Mutex::new(Window::default()),
         });
         flights.insert(digest, flight.clone());
         drop(flights);
         let cache = self.clone();
+        let filling = flight.clone();
         tokio::spawn(async move {
-            let outcome = cache
-                .fill(digest, size, &tmp, file, &tx, &label, fetch)
-                .await;
+            let tx = Arc::new(tx);
+            let outcome = cache.fill(&filling, digest, &tx, &label, fetch).await;
             if let Ok(mut f) = cache.flights.lock() {
                 f.remove(&digest);
             }
+            // Readers behind the window read the complete file from here.
+            filling.clear_window();
             let _ = tx.send(outcome);
         });
-        Ok(Some(flight))
+        Ok(flight)
     }
 
-    /// Copies the blob from upstream into `tmp`, hashing as it goes, and
-    /// commits it when the digest matches.
-    #[allow(clippy::too_many_arguments)]
+    /// Copies the blob from upstream into a temp file and commits it when
+    /// its digest matches. The upstream read runs here; each chunk goes,
+    /// as the same buffer, to the window (for followers), to a hashing
+    /// thread and to a writing thread, so the network, sha256 and the
+    /// file write run side by side instead of one after the other.
     async fn fill(
-        &self,
+        self: &Arc<Self>,
+        flight: &Flight,
         digest: Digest,
-        size: u64,
-        tmp: &Path,
-        file: std::fs::File,
-        tx: &watch::Sender<Progress>,
+        tx: &Arc<watch::Sender<Progress>>,
         label: &str,
         fetch: Fetch,
     ) -> Progress {
         let Some(disk) = &self.disk else {
             return Progress::CacheFailed;
         };
+        let size = flight.size;
+        let tmp = disk.temp_path(&digest);
+        let created = {
+            let tmp = tmp.clone();
+            // Readable too: followers behind the window read it back.
+            tokio::task::spawn_blocking(move || {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(tmp)
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
+        };
+        let file = match created {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                inc(&METRICS.cache_write_errors);
+                tracing::warn!(dir = %tmp.display(), "disk cache cannot write, serving from the source: {e}");
+                return Progress::CacheFailed;
+            }
+        };
+        inc(&METRICS.cache_fills);
+        let _ = flight.file.set(file.clone());
         let discard = || {
-            let _ = std::fs::remove_file(tmp);
+            let tmp = tmp.clone();
+            // Best effort, off the async workers.
+            drop(tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_file(tmp);
+            }));
         };
         let mut upstream = match fetch().await {
             Ok(s) => s,
@@ -366,65 +450,116 @@ impl BlobCache {
                 return Progress::Failed(e.to_string().into());
             }
         };
-        // Positional writes on a blocking thread: when one returns, the bytes
-        // are in the file for every follower's read (tokio's File would
-        // report a write done while it is still queued).
-        let out = Arc::new(file);
-        let mut hasher = Hasher::new();
-        let mut written = 0u64;
+        let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
+        let hashing = tokio::task::spawn_blocking(move || {
+            let mut hasher = Hasher::new();
+            while let Some(b) = hash_rx.blocking_recv() {
+                hasher.update(&b);
+                METRICS
+                    .blob_bytes_hashed
+                    .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            hasher.finish()
+        });
+        // Positional writes: when one returns, the bytes are in the file
+        // for every follower's read.
+        let (write_tx, mut write_rx) = tokio::sync::mpsc::channel::<(u64, Bytes)>(QUEUE);
+        let writing = {
+            let (tx, out) = (tx.clone(), file);
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                while let Some((at, b)) = write_rx.blocking_recv() {
+                    out.write_all_at(&b, at)?;
+                    let to = at + b.len() as u64;
+                    tx.send_modify(|p| {
+                        if let Progress::Writing { written, .. } = p {
+                            *written = to;
+                        }
+                    });
+                }
+                Ok::<_, io::Error>(())
+            })
+        };
+        let mut received = 0u64;
+        let mut failed = None;
         while let Some(chunk) = upstream.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
-                    discard();
-                    tracing::warn!(source = label, %digest, written, "upstream read failed: {e}");
-                    inc(&METRICS.cache_fill_upstream_errors);
-                    return Progress::Failed(e.to_string().into());
+                    failed = Some(e);
+                    break;
                 }
             };
-            written += chunk.len() as u64;
+            let at = received;
+            received += chunk.len() as u64;
             METRICS
                 .upstream_blob_bytes
                 .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            if written > size {
+            if received > size {
                 break;
             }
-            hasher.update(&chunk);
-            METRICS
-                .blob_bytes_hashed
-                .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let f = out.clone();
-            let at = written - chunk.len() as u64;
-            let wrote = tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                f.write_all_at(&chunk, at)
-            })
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)));
-            if let Err(e) = wrote {
-                discard();
-                tracing::warn!(%digest, "disk cache write failed, serving from the source: {e}");
-                inc(&METRICS.cache_write_errors);
-                return Progress::CacheFailed;
+            flight.push(at, chunk.clone());
+            tx.send_modify(|p| {
+                if let Progress::Writing { received: r, .. } = p {
+                    *r = received;
+                }
+            });
+            // Either side gone means it failed; its outcome is read below.
+            if hash_tx.send(chunk.clone()).await.is_err()
+                || write_tx.send((at, chunk)).await.is_err()
+            {
+                break;
             }
-            let _ = tx.send(Progress::Writing(written));
         }
-        drop(out);
-        let actual = hasher.finish();
-        if written != size || actual != digest {
+        drop((hash_tx, write_tx, upstream));
+        let wrote = writing
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(format!("cache write task failed: {e}"))));
+        let actual = hashing.await;
+        if let Some(e) = failed {
+            discard();
+            tracing::warn!(source = label, %digest, received, "upstream read failed: {e}");
+            inc(&METRICS.cache_fill_upstream_errors);
+            return Progress::Failed(e.to_string().into());
+        }
+        if let Err(e) = wrote {
+            discard();
+            tracing::warn!(%digest, "disk cache write failed, serving from the source: {e}");
+            inc(&METRICS.cache_write_errors);
+            return Progress::CacheFailed;
+        }
+        let actual = match actual {
+            Ok(d) => d,
+            Err(e) => {
+                discard();
+                tracing::error!(%digest, "hashing task failed (a bug): {e}");
+                return Progress::Failed(format!("blob {digest} could not be verified").into());
+            }
+        };
+        if received != size || actual != digest {
             inc(&METRICS.cache_fill_digest_mismatches);
             discard();
             tracing::error!(
                 source = label,
                 expected = %digest,
                 actual = %actual,
-                bytes = written,
+                bytes = received,
                 size,
                 "blob does not match its digest; not cached, response cut"
             );
             return Progress::Failed(format!("blob {digest} failed verification").into());
         }
-        match disk.commit(tmp, &digest, size) {
+        let committed = {
+            let cache = self.clone();
+            let tmp = tmp.clone();
+            tokio::task::spawn_blocking(move || match &cache.disk {
+                Some(disk) => disk.commit(&tmp, &digest, size),
+                None => Err(io::Error::other("no disk tier")),
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)))
+        };
+        match committed {
             Ok(path) => {
                 if size <= self.memory_max_blob
                     && let Ok(b) = tokio::fs::read(&path).await
@@ -557,9 +692,10 @@ fn file_range(file: Arc<std::fs::File>, start: u64, end: u64) -> ByteStream {
     }))
 }
 
-/// A reader following a flight's temp file.
+/// A reader following a flight: from its window while it keeps up, from
+/// its temp file when it fell behind.
 struct Follow {
-    file: Option<Arc<std::fs::File>>,
+    flight: Arc<Flight>,
     progress: watch::Receiver<Progress>,
     /// Next byte to send.
     pos: u64,
@@ -591,11 +727,13 @@ fn follow(f: Follow) -> ByteStream {
                         return None;
                     }
                     let progress = f.progress.borrow_and_update().clone();
-                    let readable = match progress {
+                    let (readable, written) = match progress {
                         // The blob's last byte, and this range's, wait for
                         // the verdict (as `Verified` holds them without a cache).
-                        Progress::Writing(w) => w.min(f.size - 1).min(f.end),
-                        Progress::Done => f.size,
+                        Progress::Writing { received, written } => {
+                            (received.min(f.size - 1), written)
+                        }
+                        Progress::Done => (f.size, f.size),
                         Progress::Failed(why) => {
                             return Some((
                                 Err(io::Error::new(io::ErrorKind::InvalidData, why.to_string())),
@@ -625,28 +763,35 @@ fn follow(f: Follow) -> ByteStream {
                     };
                     let limit = readable.min(f.end + 1);
                     if f.pos < limit {
-                        let Some(file) = f.file.clone() else {
-                            return Some((
-                                Err(io::Error::other("cache file vanished")),
-                                FollowState::Finished,
-                            ));
-                        };
-                        return match pread(file, f.pos, (limit - f.pos).min(CHUNK)).await {
-                            Ok(b) if !b.is_empty() => {
-                                f.pos += b.len() as u64;
-                                Some((Ok(b), FollowState::Following(f)))
-                            }
-                            Ok(_) => Some((
-                                Err(io::Error::other("cache file is shorter than written")),
-                                FollowState::Finished,
-                            )),
-                            Err(e) => Some((Err(e), FollowState::Finished)),
-                        };
+                        if let Some(b) = f.flight.windowed(f.pos, limit) {
+                            f.pos += b.len() as u64;
+                            return Some((Ok(b), FollowState::Following(f)));
+                        }
+                        let from_file = written.min(limit);
+                        if f.pos < from_file {
+                            let Some(file) = f.flight.file.get().cloned() else {
+                                return Some((
+                                    Err(io::Error::other("cache file vanished")),
+                                    FollowState::Finished,
+                                ));
+                            };
+                            return match pread(file, f.pos, (from_file - f.pos).min(CHUNK)).await {
+                                Ok(b) if !b.is_empty() => {
+                                    f.pos += b.len() as u64;
+                                    Some((Ok(b), FollowState::Following(f)))
+                                }
+                                Ok(_) => Some((
+                                    Err(io::Error::other("cache file is shorter than written")),
+                                    FollowState::Finished,
+                                )),
+                                Err(e) => Some((Err(e), FollowState::Finished)),
+                            };
+                        }
                     }
                     if f.progress.changed().await.is_err() {
                         // The filler ended without a verdict we saw: take the
                         // last one sent.
-                        if matches!(*f.progress.borrow(), Progress::Writing(_)) {
+                        if matches!(*f.progress.borrow(), Progress::Writing { .. }) {
                             return Some((
                                 Err(io::Error::other("cache fill ended early")),
                                 FollowState::Finished,
@@ -1020,6 +1165,45 @@ mod tests {
         assert!(ok && bytes == data[100..]);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    /// A blob larger than a flight's window: a reader that keeps up is
+    /// served from memory, one that starts after the window moved on (or
+    /// after the fill ended) reads the temp file; both get every byte, and
+    /// the blob crosses the network once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_behind_the_window_read_the_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(BlobCache::new(&settings(dir.path())));
+        let data = noise_bytes(3 * WINDOW as usize + 12_345);
+        let d = Digest::of(&data);
+        let size = data.len() as u64;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let chunks = data.clone();
+        let f: Fetch = Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let v: Vec<io::Result<Bytes>> = chunks
+                .chunks(64 * 1024)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            Box::pin(async move { Ok(Box::pin(stream::iter(v)) as ByteStream) })
+        });
+        let fast = cache
+            .read(d, size, 0, size - 1, "t".into(), f.clone(), None)
+            .await
+            .unwrap();
+        // Opened at once, read only after the fast one is done.
+        let late = cache
+            .read(d, size, 5, size - 2, "t".into(), f.clone(), None)
+            .await
+            .unwrap();
+        let (bytes, ok) = drain(fast).await;
+        assert!(ok && bytes == data);
+        let (bytes, ok) = drain(late).await;
+        assert!(ok);
+        assert!(bytes == data[5..data.len() - 1]);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     fn noise_bytes(len: usize) -> Vec<u8> {

@@ -448,13 +448,13 @@ impl Binding {
     }
 
     /// The saved index of this archive at `version`, if there is one.
-    fn restore(&self, version: &str) -> Option<(Arc<Archive>, Indexed)> {
+    async fn restore(&self, version: &str) -> Option<(Arc<Archive>, Indexed)> {
         let Location::Tar(source) = &self.location else {
             return None;
         };
         let store = self.cache.as_ref()?.index()?;
         let key = IndexStore::key(source.url(), version, &self.index_settings());
-        let bytes = store.get(&key)?;
+        let bytes = store.get(&key).await?;
         let checked = serde_json::from_slice::<SavedIndex>(&bytes)
             .map_err(|e| e.to_string())
             .and_then(|saved| {
@@ -479,12 +479,12 @@ impl Binding {
             saved.stat,
             saved.digests,
         );
-        if let Some(b) = store.get_points(&key) {
+        if let Some(b) = store.get_points(&key).await {
             match crate::seek::Points::decode(&b, size) {
                 Ok(p) => archive.seek = SeekState::new(Some(p)),
                 Err(e) => {
                     tracing::warn!(image = %self.spec.name, source = source.url(), "saved seek points discarded: {e}");
-                    store.put_points(&key, None);
+                    store.put_points(&key, None).await;
                 }
             }
         }
@@ -492,7 +492,7 @@ impl Binding {
         Some((Arc::new(archive), saved.indexed))
     }
 
-    fn save(&self, archive: &Archive, indexed: &Indexed) {
+    async fn save(&self, archive: &Archive, indexed: &Indexed) {
         let (Location::Tar(source), Some(layout)) = (&self.location, archive.layout()) else {
             return;
         };
@@ -508,7 +508,7 @@ impl Binding {
             indexed,
         };
         if let Ok(bytes) = serde_json::to_vec(&saved) {
-            store.put(&key, &bytes);
+            store.put(&key, bytes).await;
         }
         let points = archive.seek.encoded();
         if let Some(p) = &points {
@@ -521,7 +521,7 @@ impl Binding {
                 "seek points saved"
             );
         }
-        store.put_points(&key, points.as_deref());
+        store.put_points(&key, points).await;
     }
 
     /// What besides the archive shapes its index: the image settings.
@@ -530,7 +530,7 @@ impl Binding {
     }
 
     async fn load(&self, version: String) -> Result<Arc<Loaded>, LoadError> {
-        let (archive, indexed) = match self.restore(&version) {
+        let (archive, indexed) = match self.restore(&version).await {
             Some(r) => {
                 inc(&METRICS.index_restores);
                 r
@@ -567,7 +567,7 @@ impl Binding {
                     if let Some(a) = Arc::get_mut(&mut archive) {
                         a.toc.retain(&indexed.members());
                     }
-                    self.save(&archive, &indexed);
+                    self.save(&archive, &indexed).await;
                     (archive, indexed)
                 }
             },
