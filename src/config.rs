@@ -48,6 +48,9 @@ pub struct ImageSpec {
     /// With `tags: None`, serve only the archive's images recorded under
     /// this name (used by `serve PATH` without a name).
     pub only_name: Option<RepoName>,
+    /// Where this archive's published index is (`index = "URL"`); None:
+    /// the source's URL plus `.cartorio-index`.
+    pub index: Option<String>,
     pub config: ImageConfig,
     pub options: SourceOptions,
     /// Where in the config it was defined, for errors at start-up.
@@ -200,6 +203,7 @@ struct RawImage {
     source: Spanned<String>,
     tags: Option<Vec<Spanned<String>>>,
     select: Option<String>,
+    index: Option<Spanned<String>>,
     #[serde(default)]
     config: ImageConfig,
     #[serde(default)]
@@ -357,6 +361,12 @@ impl Config {
                             .into(),
                     ));
                 }
+                if let Some(index) = &img.index {
+                    return Err(invalid(
+                        index.span(),
+                        "`index` names one archive's sidecar; a templated route looks for each archive's URL + .cartorio-index".into(),
+                    ));
+                }
                 routes.push(RouteSpec {
                     prefix: prefix.to_string(),
                     template,
@@ -387,12 +397,19 @@ impl Config {
             if img.source.get_ref().trim().is_empty() {
                 return Err(invalid(img.source.span(), "source is empty".into()));
             }
+            let index = match img.index {
+                Some(i) if i.get_ref().trim().is_empty() => {
+                    return Err(invalid(i.span(), "index is empty".into()));
+                }
+                i => i.map(|i| i.into_inner()),
+            };
             images.push(ImageSpec {
                 name,
                 source: img.source.get_ref().clone(),
                 tags,
                 select: img.select,
                 only_name: None,
+                index,
                 config: img.config,
                 options,
                 origin,

@@ -656,6 +656,7 @@ async fn serve_specs(arg: &str) -> Result<Vec<ImageSpec>, String> {
             tags,
             select: None,
             only_name: only,
+            index: None,
             config: ImageConfig::default(),
             options: Default::default(),
             origin: format!("argument {:?}", cartorio::source::Redacted(arg)),

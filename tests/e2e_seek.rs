@@ -177,3 +177,53 @@ fn sidecars_from_s3() {
     assert_eq!(sidecar_lines(&s), 2, "{}", s.stderr());
     assert!(!s.stderr().contains("sidecar ignored"), "{}", s.stderr());
 }
+
+/// `index = "URL"` names the sidecar when it is not next to the tarball:
+/// it is read instead of walking the archive, from nginx.
+#[test]
+fn a_sidecar_named_by_the_index_key() {
+    e2e!("nginx");
+    let root = tempdir();
+    let images = root.path().join("images");
+    std::fs::create_dir_all(images.join("indexes")).unwrap();
+    let archive = images.join("app.tar.gz");
+    std::fs::copy(fixture("docker-archive.tar.gz"), &archive).unwrap();
+    let elsewhere = images.join("indexes/app.idx");
+    run(Command::new(bin())
+        .arg("index")
+        .arg(&archive)
+        .arg("-o")
+        .arg(&elsewhere));
+    assert!(elsewhere.exists());
+    let nginx = TestServer::nginx(root.path());
+    let tmp = tempdir();
+    let s = Server::proxy(&write_config(
+        tmp.path(),
+        &format!(
+            "[cache]\ndir = \"none\"\n\n[[image]]\nname = \"fx/gz\"\nsource = {}\nindex = {}\n",
+            toml_str(&nginx.url("images/app.tar.gz")),
+            toml_str(&nginx.url("images/indexes/app.idx"))
+        ),
+    ));
+    let r = http("GET", &s.url("/v2/fx/gz/manifests/v1"), &[ACCEPT_MANIFESTS]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let from_archive: u64 = nginx
+        .served()
+        .iter()
+        .filter(|l| l.request.contains("/images/app.tar.gz "))
+        .map(|l| l.body_bytes)
+        .sum();
+    assert!(
+        from_archive <= 2 * 64 * 1024,
+        "read {from_archive} bytes of the archive for its manifest"
+    );
+    assert!(
+        nginx
+            .served()
+            .iter()
+            .any(|l| l.request.contains("/images/indexes/app.idx ")),
+        "the configured index was not fetched"
+    );
+    assert_eq!(sidecar_lines(&s), 1, "{}", s.stderr());
+    pull_and_check(&s, "fx/gz:v1");
+}

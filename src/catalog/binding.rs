@@ -791,6 +791,7 @@ mod tests {
             tags: Some(vec!["v1".parse().unwrap()]),
             select: None,
             only_name: None,
+            index: None,
             config: Default::default(),
             options: Default::default(),
             origin: "test".into(),

@@ -321,7 +321,14 @@ impl Catalog {
             if let Location::Tar(s) = &location {
                 s.stat().await.map_err(fail)?;
             }
-            let sidecar = sidecar::open(&sources, &location, &spec.source, &spec.options, base);
+            let sidecar = sidecar::open(
+                &sources,
+                &location,
+                &spec.source,
+                spec.index.as_deref(),
+                &spec.options,
+                base,
+            );
             repos.entry(spec.name.clone()).or_default().push(Arc::new(
                 Binding::new(spec, location, revalidate, Some(cache.clone())).with_sidecar(sidecar),
             ));
@@ -394,6 +401,7 @@ impl Catalog {
                     tags: tag.clone().map(|t| vec![t]),
                     select: r.select.clone(),
                     only_name: None,
+                    index: None,
                     config: r.config.clone(),
                     options: r.options.clone(),
                     origin: r.origin.clone(),
@@ -404,6 +412,7 @@ impl Catalog {
                     &self.sources,
                     &location,
                     &source,
+                    None,
                     &r.options,
                     self.base.as_deref(),
                 );

@@ -248,17 +248,30 @@ pub fn default_url(source_url: &str) -> String {
     format!("{source_url}{SUFFIX}")
 }
 
-/// The sidecar source of an archive at `url`: the same URL plus
-/// [`SUFFIX`], with the archive's options. None for a directory.
+/// The sidecar source of an archive at `url`: `explicit` (the image's
+/// `index = "…"`), else the same URL plus [`SUFFIX`], with the archive's
+/// options. None for a directory.
 pub fn open(
     sources: &crate::source::Sources,
     location: &super::binding::Location,
     url: &str,
+    explicit: Option<&str>,
     opts: &crate::source::SourceOptions,
     base: Option<&std::path::Path>,
 ) -> Option<Arc<dyn Source>> {
     match location {
-        super::binding::Location::Tar(_) => sources.open(&default_url(url), opts, base).ok(),
+        super::binding::Location::Tar(_) => {
+            let at = explicit.map_or_else(|| default_url(url), str::to_string);
+            match sources.open(&at, opts, base) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    if explicit.is_some() {
+                        tracing::warn!(index = %crate::source::Redacted(&at), "the configured index cannot be opened, indexing the archive: {e}");
+                    }
+                    None
+                }
+            }
+        }
         super::binding::Location::Dir(_) => None,
     }
 }
