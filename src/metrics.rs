@@ -59,6 +59,10 @@ pub struct Metrics {
     pub in_place_reads: AtomicU64,
     /// Blob bytes sent with sendfile(2) (the zero-copy path).
     pub zero_copy_bytes: AtomicU64,
+    /// Bytes produced by decompressing (whole-archive `.tar.gz`/`.tar.zst`
+    /// passes and seek-point reads). Compressed layers are served as
+    /// stored and never add to it.
+    pub decompressed_bytes: AtomicU64,
 }
 
 /// Why auth refused a request, as labels: credentials that do not verify
@@ -107,6 +111,7 @@ impl Metrics {
             blob_bytes_hashed: AtomicU64::new(0),
             in_place_reads: AtomicU64::new(0),
             zero_copy_bytes: AtomicU64::new(0),
+            decompressed_bytes: AtomicU64::new(0),
         }
     }
 
@@ -142,7 +147,7 @@ impl Metrics {
                 );
             }
         }
-        let counters: [(&str, &str, &AtomicU64); 20] = [
+        let counters: [(&str, &str, &AtomicU64); 21] = [
             (
                 "cartorio_cache_memory_hits_total",
                 "Blob reads served from the memory tier.",
@@ -242,6 +247,11 @@ impl Metrics {
                 "cartorio_zero_copy_bytes_total",
                 "Verified blob bytes sent with sendfile(2).",
                 &self.zero_copy_bytes,
+            ),
+            (
+                "cartorio_decompressed_bytes_total",
+                "Bytes decompressed from compressed archives (layers are served as stored, never decompressed).",
+                &self.decompressed_bytes,
             ),
         ];
         for (name, help, c) in counters {

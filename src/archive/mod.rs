@@ -205,13 +205,33 @@ fn decoder(stream: ByteStream, c: Option<Compression>) -> Box<dyn AsyncRead + Se
         Compression::Gzip => {
             let mut d = async_compression::tokio::bufread::GzipDecoder::new(reader);
             d.multiple_members(true);
-            Box::new(d)
+            Box::new(Decompressed(d))
         }
         Compression::Zstd => {
             let mut d = async_compression::tokio::bufread::ZstdDecoder::new(reader);
             d.multiple_members(true);
-            Box::new(d)
+            Box::new(Decompressed(d))
         }
+    }
+}
+
+/// A decompressing reader whose output counts in
+/// `cartorio_decompressed_bytes_total`.
+struct Decompressed<R>(R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for Decompressed<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        crate::metrics::METRICS.decompressed_bytes.fetch_add(
+            (buf.filled().len() - before) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        r
     }
 }
 

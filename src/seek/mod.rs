@@ -92,10 +92,14 @@ impl Decoder {
         out: &mut [u8],
         rec: Option<&mut Recorder>,
     ) -> Result<Step, SeekError> {
-        match self {
+        let s = match self {
             Decoder::Gzip(g) => g.step(input, out, rec),
             Decoder::Zstd(z) => z.step(input, out, rec),
-        }
+        }?;
+        crate::metrics::METRICS
+            .decompressed_bytes
+            .fetch_add(s.produced as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(s)
     }
 
     /// Whether the input may end here (between members or frames).
