@@ -434,17 +434,17 @@ impl BlobCache {
         };
         inc(&METRICS.cache_fills);
         let _ = flight.file.set(file.clone());
+        // Off the async workers, and done before the verdict is sent.
         let discard = || {
             let tmp = tmp.clone();
-            // Best effort, off the async workers.
-            drop(tokio::task::spawn_blocking(move || {
-                let _ = std::fs::remove_file(tmp);
-            }));
+            async move {
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(tmp)).await;
+            }
         };
         let mut upstream = match fetch().await {
             Ok(s) => s,
             Err(e) => {
-                discard();
+                discard().await;
                 tracing::warn!(source = label, %digest, "upstream read failed: {e}");
                 inc(&METRICS.cache_fill_upstream_errors);
                 return Progress::Failed(e.to_string().into());
@@ -517,13 +517,13 @@ impl BlobCache {
             .unwrap_or_else(|e| Err(io::Error::other(format!("cache write task failed: {e}"))));
         let actual = hashing.await;
         if let Some(e) = failed {
-            discard();
+            discard().await;
             tracing::warn!(source = label, %digest, received, "upstream read failed: {e}");
             inc(&METRICS.cache_fill_upstream_errors);
             return Progress::Failed(e.to_string().into());
         }
         if let Err(e) = wrote {
-            discard();
+            discard().await;
             tracing::warn!(%digest, "disk cache write failed, serving from the source: {e}");
             inc(&METRICS.cache_write_errors);
             return Progress::CacheFailed;
@@ -531,14 +531,14 @@ impl BlobCache {
         let actual = match actual {
             Ok(d) => d,
             Err(e) => {
-                discard();
+                discard().await;
                 tracing::error!(%digest, "hashing task failed (a bug): {e}");
                 return Progress::Failed(format!("blob {digest} could not be verified").into());
             }
         };
         if received != size || actual != digest {
             inc(&METRICS.cache_fill_digest_mismatches);
-            discard();
+            discard().await;
             tracing::error!(
                 source = label,
                 expected = %digest,
@@ -569,7 +569,7 @@ impl BlobCache {
             }
             // Verified bytes: the readers keep their open file.
             Err(e) => {
-                discard();
+                discard().await;
                 tracing::warn!(%digest, "cannot store a verified blob in the disk cache: {e}");
             }
         }
