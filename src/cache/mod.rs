@@ -731,7 +731,7 @@ fn follow(f: Follow) -> ByteStream {
                         // The blob's last byte, and this range's, wait for
                         // the verdict (as `Verified` holds them without a cache).
                         Progress::Writing { received, written } => {
-                            (received.min(f.size - 1), written)
+                            (received.min(f.size - 1).min(f.end), written)
                         }
                         Progress::Done => (f.size, f.size),
                         Progress::Failed(why) => {
