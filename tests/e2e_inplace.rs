@@ -410,18 +410,70 @@ fn zero_copy_cuts_a_blob_whose_file_changes_mid_send() {
     assert!(zero_copied(&server) > 0);
 }
 
-/// Compressed layers inside a plain archive (OCI with gzip layers) are
-/// served as stored: the bytes a client gets are the gzip members of the
-/// archive, and nothing is ever decompressed, neither to index the archive
-/// nor to serve it. (A docker-archive with `.tar.gz` layers is not covered:
-/// its layers are decompressed once while indexing, to hash their diff_ids.)
+/// `docker-archive.tar` rewritten with gzip'ed layers (`<id>.tar.gz`, as some
+/// tools write them): a plain archive holding compressed layers.
+fn docker_archive_with_gzip_layers(dir: &Path) -> PathBuf {
+    use std::io::{Read, Write};
+    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut ar = tar::Archive::new(fs::File::open(fixture("docker-archive.tar")).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        members.push((name, data));
+    }
+    let mut renamed = std::collections::HashMap::new();
+    for (name, data) in members.iter_mut() {
+        if name.ends_with(".tar") {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(data).unwrap();
+            *data = gz.finish().unwrap();
+            let new = format!("{name}.gz");
+            renamed.insert(name.clone(), new.clone());
+            *name = new;
+        }
+    }
+    assert!(!renamed.is_empty(), "no layer in the fixture");
+    for (name, data) in members.iter_mut() {
+        if name == "manifest.json" {
+            let mut m: serde_json::Value = serde_json::from_slice(data).unwrap();
+            for img in m.as_array_mut().unwrap() {
+                for l in img["Layers"].as_array_mut().unwrap() {
+                    let new = renamed[l.as_str().unwrap()].clone();
+                    *l = serde_json::Value::String(new);
+                }
+            }
+            *data = serde_json::to_vec(&m).unwrap();
+        }
+    }
+    let out = dir.join("gz-layers.tar");
+    let mut b = tar::Builder::new(fs::File::create(&out).unwrap());
+    for (name, data) in &members {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.finish().unwrap();
+    out
+}
+
+/// Compressed layers inside a plain archive (OCI with gzip layers, a
+/// docker-archive with `.tar.gz` layers) are served as stored: the bytes a
+/// client gets are the gzip members of the archive, and nothing is ever
+/// decompressed, neither to index the archive nor to serve it.
 #[test]
 fn compressed_layers_of_a_plain_archive_are_never_decompressed() {
     e2e!();
     let tmp = tempdir();
     let oci = copy_fixture("oci-archive.tar", tmp.path());
+    let docker = docker_archive_with_gzip_layers(tmp.path());
     let cache = tmp.path().join("cache");
-    for (archive, name_tag) in [(&oci, "fixture/oci:v1")] {
+    for (archive, name_tag) in [(&oci, "fixture/oci:v1"), (&docker, "fixture/app:v1")] {
         let arg = format!("{}={}", name_tag, s(archive));
         let server = Server::serve(&["--cache-dir", s(&cache), &arg]);
         let (dir, m) = pull_dir(&server, name_tag, &[]);

@@ -83,16 +83,18 @@ async fn layer(
     let digest = match (digest_from_blob_path(&entry.name), compression) {
         (Some(d), _) => d,
         (None, None) => diff_id,
-        (None, Some(c)) => {
+        (None, Some(_)) => {
             // A compressed layer outside blobs/: its digest is not
-            // written anywhere, so it has to be read once.
+            // written anywhere, so its stored bytes are read and hashed
+            // once. Never decompressed: the diff_id is the config's, and
+            // the client checks it when it unpacks the layer.
             tracing::info!(
                 archive = archive.describe(),
                 layer = entry.name,
                 "hashing a compressed layer to learn its digest"
             );
             let s = archive.member_stream(entry, 0, entry.size).await?;
-            Archive::hash_stream(s, Some(c)).await?.stored.0
+            Archive::hash_stream(s, None).await?.stored.0
         }
     };
     Ok(Seen {
