@@ -379,7 +379,9 @@ impl BlobCache {
         drop(flights);
         let cache = self.clone();
         let filling = flight.clone();
-        tokio::spawn(async move {
+        // The fill runs on behalf of the request that started it: its log
+        // lines carry that request's id.
+        let fill = async move {
             let tx = Arc::new(tx);
             let outcome = cache.fill(&filling, digest, &tx, &label, fetch).await;
             if let Ok(mut f) = cache.flights.lock() {
@@ -388,7 +390,8 @@ impl BlobCache {
             // Readers behind the window read the complete file from here.
             filling.clear_window();
             let _ = tx.send(outcome);
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(fill));
         Ok(flight)
     }
 
