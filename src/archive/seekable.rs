@@ -174,6 +174,75 @@ impl SeekState {
     }
 }
 
+impl super::Archive {
+    /// A whole blob read from a compressed archive with seek points,
+    /// hashed on its way as well as by the cache. A point whose window is
+    /// not these bytes' can decompress cleanly to other bytes: no decoder
+    /// notices, and the cache only refuses the blob, so without this check
+    /// every later read would start from the same wrong point. A mismatch
+    /// marks the index stale (the next request indexes the archive again);
+    /// the bytes themselves are still judged by the cache.
+    pub fn check_points(
+        &self,
+        s: ByteStream,
+        digest: crate::image::Digest,
+        size: u64,
+    ) -> ByteStream {
+        let compressed = matches!(
+            self.container,
+            super::Container::Streamed {
+                compression: Some(_),
+                ..
+            }
+        );
+        let has_points = self
+            .seek
+            .points
+            .as_ref()
+            .is_some_and(|p| !p.points().is_empty())
+            || self.seek.lazy.is_some();
+        if !compressed || !has_points {
+            return s;
+        }
+        let failed = self.seek.failed.clone();
+        let url = self.describe();
+        let state = (s, Some(crate::image::Hasher::new()), 0u64);
+        Box::pin(futures_util::stream::unfold(
+            state,
+            move |(mut s, mut h, mut n)| {
+                let (failed, url) = (failed.clone(), url.clone());
+                async move {
+                    match futures_util::StreamExt::next(&mut s).await {
+                        Some(Ok(b)) => {
+                            if let Some(h) = h.as_mut() {
+                                h.update(&b);
+                            }
+                            n += b.len() as u64;
+                            Some((Ok(b), (s, h, n)))
+                        }
+                        // A failed read proves nothing about the points.
+                        Some(Err(e)) => Some((Err(e), (s, None, n))),
+                        None => {
+                            if let Some(h) = h.take()
+                                && n == size
+                                && h.finish() != digest
+                                && !failed.swap(true, Ordering::Relaxed)
+                            {
+                                tracing::warn!(
+                                    archive = url,
+                                    "blob {digest} read through seek points hashes to \
+                                     other bytes: index marked stale"
+                                );
+                            }
+                            None
+                        }
+                    }
+                }
+            },
+        ))
+    }
+}
+
 /// Whether a read started at a recorded point rather than the start.
 fn point_out_of(from: u64) -> bool {
     from > 0
@@ -440,6 +509,64 @@ mod tests {
         assert!(!bad.seek.failed());
         assert!(read(&bad, "last.bin").await.is_err());
         assert!(bad.seek.failed());
+    }
+
+    /// Points that decompress cleanly to other bytes (here: output offsets
+    /// one byte off, as a hostile or stale sidecar could say) are caught by
+    /// the blob's digest, and the index is marked stale for re-indexing.
+    #[tokio::test]
+    async fn points_that_yield_other_bytes_mark_the_index_stale() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let first = noise(3 << 20, 4);
+        let last = noise(300_000, 5);
+        let plain = tarball(&[("first.bin", &first), ("last.bin", &last)]);
+        let gz = gzip_cli(&plain);
+        let path = dir.path().join("a.tar.gz");
+        std::fs::write(&path, &gz).expect("write");
+        let src: Arc<dyn Source> = Arc::new(FileSource::new("a".into(), path));
+        let a = Archive::open(src.clone()).await.expect("open");
+        let points = a.seek.points.clone().expect("points recorded");
+        let mut bad = Archive::restore(
+            src.clone(),
+            a.layout().expect("layout"),
+            crate::archive::Toc::default(),
+            a.stat.clone(),
+            a.digests,
+        );
+        bad.toc = Archive::open(src).await.expect("open").toc;
+        let shifted: Vec<_> = points
+            .points()
+            .iter()
+            .map(|p| crate::seek::Point {
+                out: p.out + 1,
+                ..p.clone()
+            })
+            .collect();
+        bad.seek = SeekState::new(Some(
+            Points::from_points(Codec::Gzip, shifted, gz.len() as u64).expect("shape"),
+        ));
+        let e = bad.member("last.bin").expect("member");
+        let digest = crate::image::Digest::of(&last);
+        let s = bad.member_stream(e, 0, e.size).await.expect("stream");
+        let mut s = bad.check_points(s, digest, e.size);
+        let mut got = Vec::new();
+        while let Some(c) = s.next().await {
+            got.extend_from_slice(&c.expect("decompresses cleanly"));
+        }
+        assert_eq!(got.len(), last.len());
+        assert!(got != last, "the shifted points gave the right bytes");
+        assert!(bad.seek.failed());
+
+        // The good points: the same read, checked, leaves the index alone.
+        let e = a.member("last.bin").expect("member");
+        let s = a.member_stream(e, 0, e.size).await.expect("stream");
+        let mut s = a.check_points(s, digest, e.size);
+        let mut got = Vec::new();
+        while let Some(c) = s.next().await {
+            got.extend_from_slice(&c.expect("read"));
+        }
+        assert!(got == last);
+        assert!(!a.seek.failed());
     }
 
     #[tokio::test]

@@ -554,6 +554,7 @@ fn same_routes(a: &[RouteSpec], b: &[RouteSpec]) -> bool {
 async fn open_blob(
     archive: &Arc<crate::archive::Archive>,
     at: &BlobAt,
+    digest: Digest,
     size: u64,
 ) -> Result<ByteStream, crate::archive::ArchiveError> {
     match at {
@@ -563,7 +564,8 @@ async fn open_blob(
         }
         BlobAt::Member(name) => {
             let e = archive.member(name)?;
-            archive.member_stream(e, 0, size).await
+            let s = archive.member_stream(e, 0, size).await?;
+            Ok(archive.check_points(s, digest, size))
         }
         BlobAt::Whole => archive.whole_stream(0, size).await,
         BlobAt::Repack(r) => Ok(archive.repack_stream(r)),
@@ -709,11 +711,12 @@ impl Images for Catalog {
                 }),
             }
         });
+        let digest_ = *digest;
         let fetch: Fetch = Arc::new(move || {
             let archive = archive.clone();
             let at = at.clone();
             Box::pin(async move {
-                open_blob(&archive, &at, size)
+                open_blob(&archive, &at, digest_, size)
                     .await
                     .map_err(std::io::Error::other)
             })
