@@ -281,12 +281,13 @@ http {{
   server {{
     listen 127.0.0.1:{port};
     root {self.www};
-    # just enough of the registry API for a skopeo pull of files on disk; no access log
-    # there (cartorio logs nothing per request either); the log counts the tarball reads
-    location = /v2/ {{ access_log off; default_type application/json; return 200 '{{}}'; }}
-    location ~ "^/v2/.+/blobs/sha256:([0-9a-f]{{64}})$" {{ access_log off; alias {self.www}/blobs/sha256/$1; }}
+    # just enough of the registry API for a skopeo pull of files on disk; a line per
+    # request in a log of its own, as cartorio writes one per request by default (the
+    # `bytes` log above counts the tarball reads only)
+    location = /v2/ {{ access_log {t}/nginx-registry.log; default_type application/json; return 200 '{{}}'; }}
+    location ~ "^/v2/.+/blobs/sha256:([0-9a-f]{{64}})$" {{ access_log {t}/nginx-registry.log; alias {self.www}/blobs/sha256/$1; }}
     location ~ ^/v2/.+/manifests/([A-Za-z0-9._-]+)$ {{
-      access_log off;
+      access_log {t}/nginx-registry.log;
       default_type {manifest_type};
       alias {self.www}/manifests/$1;
     }}
