@@ -26,7 +26,8 @@
 #   * runs the measurements (scripts/bench/run.py), alternating the contenders each round,
 #     and prints median / min / max per contender, the ratios and the targets:
 #       1. warm large-blob GET, 1 and 8 parallel curl streams: cartorio, nginx, docker-registry
-#       2. manifest GETs/s and p99 latency, wrk -c32 --latency: cartorio, nginx, docker-registry
+#       2. manifest GETs/s and p99 latency, wrk -c32 --latency: cartorio, nginx, docker-registry,
+#          and cartorio behind basic auth (--htpasswd, every request with credentials)
 #       3. warm whole-image pull (skopeo docker:// -> dir:): cartorio, docker-registry, nginx
 #          serving the files under /v2/ paths, and the floor (curl of the blob files)
 #       4. cold pull of the docker-archive placed on nginx (cartorio with an http:// source) vs
@@ -69,7 +70,7 @@ START=$(date +%s)
 # --- tools ------------------------------------------------------------------------------------
 declare -A TOOLS=(
   [nginx-light]=nginx [docker-registry]=docker-registry [skopeo]=skopeo [umoci]=umoci
-  [wrk]=wrk [curl]=curl [python3]=python3 [zstd]=zstd
+  [wrk]=wrk [curl]=curl [python3]=python3 [apache2-utils]=htpasswd [zstd]=zstd
 )
 missing=()
 for pkg in "${!TOOLS[@]}"; do
