@@ -206,6 +206,19 @@ const MISS_RECHECK: Duration = Duration::from_millis(100);
 /// upstream is not hammered, a recovered one is noticed within a second.
 pub const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 
+/// A verdict kept for an archive's version (broken, no such tag, a bug) is
+/// indexed again after this long, doubling each time the same verdict
+/// comes back, up to [`PINNED_RECHECK_MAX`]. Bytes damaged on their way
+/// (a flipped byte in a tar header, a proxy that lies about a length) look
+/// exactly like a broken archive and leave no trace in the source's
+/// version: kept for ever, one bad read would break the image until the
+/// tarball changed. A truly broken archive costs one indexing per period,
+/// and only while clients ask for it.
+pub const PINNED_RECHECK: Duration = Duration::from_secs(10);
+
+/// The longest period between two indexings of a broken archive.
+pub const PINNED_RECHECK_MAX: Duration = Duration::from_secs(15 * 60);
+
 /// The last load: the version it was for, when that was last confirmed,
 /// and its outcome (an error is kept too, so a broken archive is not
 /// re-read on every request).
@@ -213,6 +226,9 @@ struct Snapshot {
     version: String,
     checked: Instant,
     result: Result<Arc<Loaded>, LoadError>,
+    /// For a kept verdict: when the archive may be indexed again, and the
+    /// period after that one (see [`PINNED_RECHECK`]).
+    recheck: Option<(Instant, Duration)>,
 }
 
 /// A configured image and its current index.
@@ -227,6 +243,8 @@ pub struct Binding {
     revalidate: Duration,
     /// See [`RETRY_BACKOFF`].
     retry: Duration,
+    /// See [`PINNED_RECHECK`].
+    pinned_recheck: Duration,
     /// Where blobs from streaming passes and saved indexes go.
     cache: Option<Arc<BlobCache>>,
     /// A published index of the archive to try before walking it.
@@ -250,6 +268,7 @@ impl Binding {
             loading: tokio::sync::Mutex::new(()),
             revalidate,
             retry: RETRY_BACKOFF,
+            pinned_recheck: PINNED_RECHECK,
             cache,
             sidecar: None,
             sidecar_refused: std::sync::Mutex::new(None),
@@ -348,6 +367,7 @@ impl Binding {
                     version: UNAVAILABLE.into(),
                     checked: Instant::now(),
                     result: Err(err.clone()),
+                    recheck: None,
                 });
                 return Err(err);
             }
@@ -355,17 +375,18 @@ impl Binding {
         let previous = self.snapshot.read().ok().and_then(|g| g.clone());
         // The same version: the same answer, unless it was a failure of the
         // source (asked again) or an index found stale.
-        if let Some(p) = previous
+        if let Some(p) = &previous
             && p.version == version
             && match &p.result {
                 Ok(l) => !self.stale(l),
-                Err(e) => e.pinned(),
+                Err(e) => e.pinned() && p.recheck.is_none_or(|(at, _)| Instant::now() < at),
             }
         {
             self.store(Snapshot {
                 version,
                 checked: Instant::now(),
                 result: p.result.clone(),
+                recheck: p.recheck,
             });
             return p.result.clone();
         }
@@ -378,6 +399,7 @@ impl Binding {
                 version,
                 checked: Instant::now(),
                 result: Ok(good.clone()),
+                recheck: None,
             });
             return Ok(good);
         }
@@ -408,10 +430,26 @@ impl Binding {
                 }
             }
         }
+        // A kept verdict is indexed again later (see PINNED_RECHECK): the
+        // period doubles while the same version keeps failing.
+        let recheck = match &r {
+            Err(e) if e.pinned() => {
+                let period = previous
+                    .as_ref()
+                    .filter(|p| p.version == version)
+                    .and_then(|p| p.recheck)
+                    .map_or(self.pinned_recheck, |(_, d)| {
+                        (d * 2).min(PINNED_RECHECK_MAX)
+                    });
+                Some((Instant::now() + period, period))
+            }
+            _ => None,
+        };
         self.store(Snapshot {
             version,
             checked: Instant::now(),
             result: r.clone(),
+            recheck,
         });
         r
     }
@@ -889,6 +927,39 @@ mod tests {
         assert!(matches!(e, LoadError::Broken(_)) && e.pinned(), "{e}");
         let again = b.checked_within(Duration::ZERO).await.unwrap_err();
         assert!(matches!(again, LoadError::Broken(_)), "{again}");
+    }
+
+    /// A kept verdict is indexed again after its period (bytes damaged on
+    /// their way look like a broken archive), the period doubling while the
+    /// same verdict comes back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_verdict_is_indexed_again_after_its_period() {
+        let src = Arc::new(Flaky {
+            data: Bytes::from(vec![7u8; 4096]),
+            down: AtomicBool::new(false),
+            stats: AtomicUsize::new(0),
+            reads_down: AtomicBool::new(false),
+            reads_ok: AtomicUsize::new(0),
+        });
+        let mut b = binding(src.clone());
+        b.retry = Duration::ZERO;
+        b.pinned_recheck = Duration::from_millis(300);
+        let verdict = |e: LoadError| match e {
+            LoadError::Broken(a) => a,
+            e => panic!("{e}"),
+        };
+        let now = || b.checked_within(Duration::ZERO);
+        let first = verdict(now().await.unwrap_err());
+        // Within the period: the kept verdict, not a new indexing.
+        assert!(Arc::ptr_eq(&first, &verdict(now().await.unwrap_err())));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let second = verdict(now().await.unwrap_err());
+        assert!(!Arc::ptr_eq(&first, &second), "not indexed again");
+        // The period doubled (600 ms): still kept 400 ms later.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(Arc::ptr_eq(&second, &verdict(now().await.unwrap_err())));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!Arc::ptr_eq(&second, &verdict(now().await.unwrap_err())));
     }
 
     #[tokio::test]
