@@ -6,7 +6,8 @@
 #                                     the hostile corpus, 500 clients for 3 minutes (release build)
 #   scripts/reliability.sh --quick    the smoke run: the same parts, small counts (debug build,
 #                                     shared with scripts/test.sh); about 9 minutes on 2 busy shared
-#                                     cores, so not in .ci/run (its budget there is 4 minutes)
+#                                     cores; about 2 minutes after scripts/test.sh, whose debug build it
+#                                     shares: .ci/run runs it last
 #
 # Prints one line per figure and exits non-zero on any failure: a panic, a broken invariant
 # of a fuzz target, a wrong byte accepted by a client, a corrupt cache entry, an error under
