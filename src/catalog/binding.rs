@@ -760,6 +760,17 @@ mod tests {
             })
         }
 
+        /// A source that answers, with bytes that are no archive.
+        fn broken() -> Arc<Flaky> {
+            Arc::new(Flaky {
+                data: Bytes::from(vec![7u8; 4096]),
+                down: AtomicBool::new(false),
+                stats: AtomicUsize::new(0),
+                reads_down: AtomicBool::new(false),
+                reads_ok: AtomicUsize::new(0),
+            })
+        }
+
         fn check(&self) -> Result<(), SourceError> {
             if self.down.load(Ordering::SeqCst) {
                 return Err(SourceError::io("mem://x", "connection refused"));
@@ -914,13 +925,7 @@ mod tests {
     /// once, not re-read per request.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_broken_archive_is_kept_broken_for_its_version() {
-        let src = Arc::new(Flaky {
-            data: Bytes::from(vec![7u8; 4096]),
-            down: AtomicBool::new(false),
-            stats: AtomicUsize::new(0),
-            reads_down: AtomicBool::new(false),
-            reads_ok: AtomicUsize::new(0),
-        });
+        let src = Flaky::broken();
         let mut b = binding(src.clone());
         b.retry = Duration::ZERO;
         let e = b.checked_within(Duration::ZERO).await.unwrap_err();
@@ -934,13 +939,7 @@ mod tests {
     /// same verdict comes back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_kept_verdict_is_indexed_again_after_its_period() {
-        let src = Arc::new(Flaky {
-            data: Bytes::from(vec![7u8; 4096]),
-            down: AtomicBool::new(false),
-            stats: AtomicUsize::new(0),
-            reads_down: AtomicBool::new(false),
-            reads_ok: AtomicUsize::new(0),
-        });
+        let src = Flaky::broken();
         let mut b = binding(src.clone());
         b.retry = Duration::ZERO;
         b.pinned_recheck = Duration::from_millis(300);
