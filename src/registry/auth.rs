@@ -112,11 +112,16 @@ impl Pattern {
 fn match_segs(pat: &[Seg], parts: &[&str]) -> bool {
     match pat.split_first() {
         None => parts.is_empty(),
-        Some((Seg::Lit(l), rest)) => {
-            parts.first().is_some_and(|p| p == l) && match_segs(rest, &parts[1..])
+        Some((Seg::Lit(l), rest)) => parts
+            .split_first()
+            .is_some_and(|(p, tail)| p == l && match_segs(rest, tail)),
+        Some((Seg::One, rest)) => parts
+            .split_first()
+            .is_some_and(|(_, tail)| match_segs(rest, tail)),
+        // One or more parts: try every non-empty prefix.
+        Some((Seg::Many, rest)) => {
+            (1..=parts.len()).any(|n| parts.get(n..).is_some_and(|tail| match_segs(rest, tail)))
         }
-        Some((Seg::One, rest)) => !parts.is_empty() && match_segs(rest, &parts[1..]),
-        Some((Seg::Many, rest)) => (1..=parts.len()).any(|n| match_segs(rest, &parts[n..])),
     }
 }
 
@@ -391,8 +396,10 @@ impl Auth {
         material.push(b':');
         material.extend_from_slice(&password);
         let tag = hmac::sign(&self.key, &material);
-        let mut key = [0u8; 32];
-        key.copy_from_slice(&tag.as_ref()[..32]);
+        // An HMAC-SHA256 tag (see `Auth::new`) is 32 bytes.
+        let Ok(key) = <[u8; 32]>::try_from(tag.as_ref()) else {
+            return Err(Rejected::Wrong);
+        };
         if let Some(name) = self.ok.get(&key) {
             return Ok(Identity::User(name));
         }
@@ -424,11 +431,12 @@ impl Auth {
 /// `Basic base64(":")`: no user, no password.
 fn is_empty_basic(value: &[u8]) -> bool {
     let value = value.trim_ascii();
-    value.len() > 6
-        && value[..6].eq_ignore_ascii_case(b"basic ")
-        && base64::engine::general_purpose::STANDARD
-            .decode(value[6..].trim_ascii())
-            .is_ok_and(|d| d == b":")
+    value.split_at_checked(6).is_some_and(|(scheme, rest)| {
+        scheme.eq_ignore_ascii_case(b"basic ")
+            && base64::engine::general_purpose::STANDARD
+                .decode(rest.trim_ascii())
+                .is_ok_and(|d| d == b":")
+    })
 }
 
 /// `Basic base64(user:password)` → (user, password). The scheme is
@@ -443,12 +451,13 @@ pub fn basic_credentials(value: &[u8]) -> Option<(String, Vec<u8>)> {
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(rest.trim_ascii())
         .ok()?;
-    let colon = decoded.iter().position(|&b| b == b':')?;
-    let user = std::str::from_utf8(&decoded[..colon]).ok()?;
+    let mut halves = decoded.splitn(2, |&b| b == b':');
+    let (user, password) = (halves.next()?, halves.next()?);
+    let user = std::str::from_utf8(user).ok()?;
     if user.is_empty() {
         return None;
     }
-    Some((user.to_string(), decoded[colon + 1..].to_vec()))
+    Some((user.to_string(), password.to_vec()))
 }
 
 #[cfg(test)]

@@ -193,9 +193,11 @@ impl RegistryError {
         } else {
             tracing::debug!(status = self.status.as_u16(), code = self.code.as_str(), message = %logged, "request refused");
         }
-        let mut entry = json!({ "code": self.code.as_str(), "message": self.message });
+        let mut entry = serde_json::Map::new();
+        entry.insert("code".into(), json!(self.code.as_str()));
+        entry.insert("message".into(), json!(self.message));
         if let Some(detail) = self.detail {
-            entry["detail"] = detail;
+            entry.insert("detail".into(), detail);
         }
         let text = json!({ "errors": [entry] }).to_string();
         let mut resp = Response::new(body::full(text.clone()));

@@ -14,6 +14,7 @@
 //! dropped (see [`super::conn::Tracked`]); the sendfile front logs after
 //! writing each response.
 use std::hash::{BuildHasher, Hasher};
+use std::io::Write as _;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
@@ -162,11 +163,9 @@ fn new_id() -> HeaderValue {
     });
     let n = NEXT.fetch_add(1, Relaxed);
     let id = splitmix64(seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+    // Sixteen lowercase hex digits, written without allocating.
     let mut buf = [0u8; 16];
-    let hex = b"0123456789abcdef";
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = hex[((id >> (60 - 4 * i)) & 0xf) as usize];
-    }
+    let _ = write!(buf.as_mut_slice(), "{id:016x}");
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 

@@ -18,18 +18,15 @@ pub fn param(query: Option<&str>, key: &str) -> Option<String> {
 
 /// Decodes `%XX` escapes; `None` on a broken escape or non-UTF-8 result.
 pub fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hi = (*b.get(i + 1)? as char).to_digit(16)?;
-            let lo = (*b.get(i + 2)? as char).to_digit(16)?;
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = (bytes.next()? as char).to_digit(16)?;
+            let lo = (bytes.next()? as char).to_digit(16)?;
             out.push((hi * 16 + lo) as u8);
-            i += 3;
         } else {
-            out.push(b[i]);
-            i += 1;
+            out.push(b);
         }
     }
     String::from_utf8(out).ok()

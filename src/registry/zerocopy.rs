@@ -100,11 +100,18 @@ async fn is_h2_preface(stream: &TcpStream) -> Option<bool> {
     loop {
         match stream.peek(&mut buf).await {
             Ok(0) | Err(_) => return None,
-            Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => {
-                return Some(buf[..n] == PREFACE[..n]);
+            Ok(n) => {
+                // `peek` fills at most `buf`, which is as long as the preface.
+                let seen = buf.get(..n)?;
+                if seen == PREFACE {
+                    return Some(true);
+                }
+                if !PREFACE.starts_with(seen) {
+                    return Some(false);
+                }
+                // A preface split across packets: wait for the rest.
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            // A preface split across packets: wait for the rest.
-            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
         }
     }
 }

@@ -51,30 +51,23 @@ impl<'a> Route<'a> {
                 None => return Route::Unknown,
             },
         };
-        let segments: Vec<&str> = rest.split('/').collect();
-        let n = segments.len();
-        // The name is everything before segment `i`.
-        let name_before = |i: usize| {
-            let len: usize = segments[..i].iter().map(|s| s.len() + 1).sum();
-            &rest[..len.saturating_sub(1)]
-        };
         // Uploads first: `blobs/uploads/` ends in an empty segment, and
         // `blobs/uploads` must not be read as a blob named "uploads".
-        if n >= 3 && segments[n - 2] == "blobs" && segments[n - 1] == "uploads" {
-            return Route::Upload {
-                name: name_before(n - 2),
-            };
+        if let Some(name) = rest.strip_suffix("/blobs/uploads") {
+            return Route::Upload { name };
         }
-        if n >= 4 && segments[n - 3] == "blobs" && segments[n - 2] == "uploads" {
-            return Route::Upload {
-                name: name_before(n - 3),
-            };
-        }
-        if n < 3 {
+        // `<name>/<kind>/<last>`: the name is everything before the last
+        // two segments, so it may itself hold slashes.
+        let Some((head, last)) = rest.rsplit_once('/') else {
             return Route::Unknown;
+        };
+        if let Some(name) = head.strip_suffix("/blobs/uploads") {
+            return Route::Upload { name };
         }
-        let (name, last) = (name_before(n - 2), segments[n - 1]);
-        match segments[n - 2] {
+        let Some((name, kind)) = head.rsplit_once('/') else {
+            return Route::Unknown;
+        };
+        match kind {
             "manifests" => Route::Manifest {
                 name,
                 reference: last,
