@@ -235,7 +235,9 @@ pub struct Catalog {
 /// The bindings that may hold a repository's images.
 enum Repo<'a> {
     Static(&'a [Arc<Binding>]),
-    Route(usize, String),
+    /// A templated route: its place in `Catalog::routes` (which keys its
+    /// caches), the route, and the rest of the name after its prefix.
+    Route(usize, &'a RouteSpec, String),
 }
 
 impl Catalog {
@@ -369,7 +371,7 @@ impl Catalog {
             if let Some(rest) = repo.as_str().strip_prefix(&r.prefix)
                 && !rest.is_empty()
             {
-                return Ok(Repo::Route(i, rest.to_string()));
+                return Ok(Repo::Route(i, r, rest.to_string()));
             }
         }
         Err(CatalogError::NameUnknown(repo.clone()))
@@ -382,10 +384,10 @@ impl Catalog {
         &self,
         repo: &RepoName,
         route: usize,
+        r: &RouteSpec,
         rest: &str,
         tag: Option<&Tag>,
     ) -> Result<Option<Arc<Binding>>, CatalogError> {
-        let r = &self.routes[route];
         let tag = tag.filter(|_| r.template.has_tag()).cloned();
         let key = (route, rest.to_string(), tag.clone());
         if self.missing.contains_key(&key) {
@@ -441,8 +443,8 @@ impl Catalog {
     ) -> Result<Vec<Arc<Binding>>, CatalogError> {
         match self.repo(repo)? {
             Repo::Static(b) => Ok(b.to_vec()),
-            Repo::Route(i, rest) => Ok(self
-                .route_binding(repo, i, &rest, Some(tag))
+            Repo::Route(i, r, rest) => Ok(self
+                .route_binding(repo, i, r, &rest, Some(tag))
                 .await?
                 .into_iter()
                 .collect()),
@@ -454,12 +456,12 @@ impl Catalog {
     async fn bindings_known(&self, repo: &RepoName) -> Result<Vec<Arc<Binding>>, CatalogError> {
         match self.repo(repo)? {
             Repo::Static(b) => Ok(b.to_vec()),
-            Repo::Route(i, rest) if !self.routes[i].template.has_tag() => Ok(self
-                .route_binding(repo, i, &rest, None)
+            Repo::Route(i, r, rest) if !r.template.has_tag() => Ok(self
+                .route_binding(repo, i, r, &rest, None)
                 .await?
                 .into_iter()
                 .collect()),
-            Repo::Route(i, rest) => {
+            Repo::Route(i, _, rest) => {
                 let mut found: Vec<(Option<Tag>, Arc<Binding>)> = self
                     .route_bindings
                     .iter()
@@ -494,8 +496,7 @@ impl Catalog {
     /// Lists a prefix of a route's source (see [`LIST_TTL`], [`LIST_CAP`]),
     /// logging (not failing) when the source cannot list or the listing
     /// fails; a failed listing is not kept.
-    async fn list(&self, route: usize, prefix: &str) -> Option<Arc<Listing>> {
-        let r = &self.routes[route];
+    async fn list(&self, route: usize, r: &RouteSpec, prefix: &str) -> Option<Arc<Listing>> {
         let listed = self
             .listings
             .try_get_with((route, prefix.to_string()), async {
@@ -759,10 +760,9 @@ impl Images for Catalog {
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>, CatalogError> {
         let mut tags = BTreeSet::new();
         let bindings = match self.repo(repo)? {
-            Repo::Route(i, rest) if self.routes[i].template.has_tag() => {
-                let r = &self.routes[i];
+            Repo::Route(i, r, rest) if r.template.has_tag() => {
                 let prefix = r.template.tag_prefix(&rest).unwrap_or_default();
-                match self.list(i, &prefix).await {
+                match self.list(i, r, &prefix).await {
                     Some(listing) => {
                         tags.extend(
                             listing
@@ -807,7 +807,7 @@ impl Images for Catalog {
     async fn repositories(&self) -> Vec<RepoName> {
         let mut out: BTreeSet<RepoName> = self.repos.keys().cloned().collect();
         for (i, r) in self.routes.iter().enumerate() {
-            let Some(listing) = self.list(i, &r.template.list_prefix()).await else {
+            let Some(listing) = self.list(i, r, &r.template.list_prefix()).await else {
                 continue;
             };
             out.extend(

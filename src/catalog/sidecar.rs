@@ -139,25 +139,36 @@ struct Header {
 }
 
 fn header(h: &[u8], file_size: u64) -> Result<Header, SidecarError> {
-    if h.len() < HEADER as usize {
+    // The fields in the order `write` puts them.
+    let mut rest = h;
+    let (
+        Some(magic),
+        Some(version),
+        Some(json_len),
+        Some(points_len),
+        Some(json_sum),
+        Some(points_sum),
+    ) = (
+        take::<8>(&mut rest),
+        take::<4>(&mut rest),
+        take::<8>(&mut rest),
+        take::<8>(&mut rest),
+        take::<32>(&mut rest),
+        take::<32>(&mut rest),
+    )
+    else {
         return Err(bad("truncated (no header)"));
-    }
-    if &h[..8] != MAGIC {
+    };
+    if &magic != MAGIC {
         return Err(bad("not a cartorio index"));
     }
-    let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-    let u64_at = |i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&h[i..i + 8]);
-        u64::from_le_bytes(b)
-    };
-    let version = u32_at(8);
+    let version = u32::from_le_bytes(version);
     if version != VERSION {
         return Err(bad(format!(
             "version {version}, this cartorio reads {VERSION}"
         )));
     }
-    let (json_len, points_len) = (u64_at(12), u64_at(20));
+    let (json_len, points_len) = (u64::from_le_bytes(json_len), u64::from_le_bytes(points_len));
     if json_len > MAX_JSON || points_len > MAX_POINTS_LEN {
         return Err(bad("sizes out of bounds"));
     }
@@ -167,16 +178,19 @@ fn header(h: &[u8], file_size: u64) -> Result<Header, SidecarError> {
             HEADER + json_len + points_len
         )));
     }
-    let mut json_sum = [0u8; 32];
-    json_sum.copy_from_slice(&h[28..60]);
-    let mut points_sum = [0u8; 32];
-    points_sum.copy_from_slice(&h[60..92]);
     Ok(Header {
         json_len,
         points_len,
         json_sum,
         points_sum,
     })
+}
+
+/// The next `N` bytes of `rest`, moving past them; None when fewer are left.
+fn take<const N: usize>(rest: &mut &[u8]) -> Option<[u8; N]> {
+    let (head, tail) = rest.split_first_chunk::<N>()?;
+    *rest = tail;
+    Some(*head)
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
