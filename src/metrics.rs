@@ -127,7 +127,9 @@ impl Metrics {
             400..=499 => 2,
             _ => 3,
         };
-        self.requests[r * CLASSES.len() + c].fetch_add(1, Relaxed);
+        if let Some(n) = self.requests.get(r * CLASSES.len() + c) {
+            n.fetch_add(1, Relaxed);
+        }
     }
 
     /// The Prometheus text exposition; `disk_bytes` is the disk cache's
@@ -138,9 +140,9 @@ impl Metrics {
             "# HELP cartorio_http_requests_total Requests answered, by route and status class.\n",
         );
         out.push_str("# TYPE cartorio_http_requests_total counter\n");
-        for (ri, r) in ROUTES.iter().enumerate() {
-            for (ci, c) in CLASSES.iter().enumerate() {
-                let v = self.requests[ri * CLASSES.len() + ci].load(Relaxed);
+        for (r, row) in ROUTES.iter().zip(self.requests.chunks(CLASSES.len())) {
+            for (c, v) in CLASSES.iter().zip(row) {
+                let v = v.load(Relaxed);
                 let _ = writeln!(
                     out,
                     "cartorio_http_requests_total{{route=\"{r}\",code=\"{c}\"}} {v}"

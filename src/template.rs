@@ -65,8 +65,9 @@ impl Template {
             ));
         }
         if parts
-            .windows(2)
-            .any(|w| !matches!(w[0], Part::Lit(_)) && !matches!(w[1], Part::Lit(_)))
+            .iter()
+            .zip(parts.iter().skip(1))
+            .any(|(a, b)| !matches!(a, Part::Lit(_)) && !matches!(b, Part::Lit(_)))
         {
             return Err(format!(
                 "{s:?}: {{repo}} and {{tag}} must be separated by text"

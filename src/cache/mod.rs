@@ -659,8 +659,8 @@ async fn pread(file: Arc<std::fs::File>, pos: u64, len: u64) -> io::Result<Bytes
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; len as usize];
         let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], pos + filled as u64) {
+        while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
+            match file.read_at(rest, pos + filled as u64) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -99,8 +99,11 @@ pub fn config(
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
         "history": diff_ids.iter().map(|_| json!({ "created_by": created_by })).collect::<Vec<_>>(),
     });
-    if let Some(v) = user.variant.clone().or_else(|| base.variant.clone()) {
-        doc["variant"] = json!(v);
+    if let (Some(v), Some(doc)) = (
+        user.variant.clone().or_else(|| base.variant.clone()),
+        doc.as_object_mut(),
+    ) {
+        doc.insert("variant".into(), json!(v));
     }
     Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
 }

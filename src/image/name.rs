@@ -33,29 +33,15 @@ impl RepoName {
 }
 
 fn valid_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+    let alnum = |x: char| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if !c.starts_with(alnum) || !c.ends_with(alnum) {
         return false;
     }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator run: ".", "_", "__" or one or more "-".
-        let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
+    // Between the alphanumeric runs, each separator run is ".", "_", "__"
+    // or one or more "-" (anything else, non-ASCII included, is refused).
+    c.split(alnum)
+        .filter(|sep| !sep.is_empty())
+        .all(|sep| sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-'))
 }
 
 impl FromStr for RepoName {
@@ -94,13 +80,13 @@ impl Tag {
 impl FromStr for Tag {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let b = s.as_bytes();
-        let ok = !b.is_empty()
-            && b.len() <= 128
-            && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b[1..]
-                .iter()
-                .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'));
+        let ok = s.len() <= 128
+            && s.as_bytes().split_first().is_some_and(|(&first, rest)| {
+                (first.is_ascii_alphanumeric() || first == b'_')
+                    && rest
+                        .iter()
+                        .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
+            });
         if !ok {
             return Err(NameError::Tag(s.to_string()));
         }

@@ -83,8 +83,8 @@ fn version_of(meta: &std::fs::Metadata) -> String {
 fn pread(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
     let mut buf = BytesMut::zeroed(len);
     let mut filled = 0;
-    while filled < len {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+    while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
+        match file.read_at(rest, offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -547,9 +547,12 @@ impl Source for HttpSource {
 async fn read_capped(mut r: reqwest::Response, cap: u64) -> Result<Bytes, reqwest::Error> {
     let mut out = bytes::BytesMut::with_capacity(cap.min(1 << 20) as usize);
     while (out.len() as u64) < cap {
-        let Some(chunk) = r.chunk().await? else { break };
+        let Some(mut chunk) = r.chunk().await? else {
+            break;
+        };
         let room = (cap - out.len() as u64).min(chunk.len() as u64) as usize;
-        out.extend_from_slice(&chunk[..room]);
+        chunk.truncate(room);
+        out.extend_from_slice(&chunk);
     }
     Ok(out.freeze())
 }
