@@ -1,5 +1,11 @@
 //! cartorio: a read-only OCI registry that serves container images straight
 //! out of tarballs.
+
+// Nothing a request or an archive holds may panic the server: outside tests,
+// no `unwrap()` and no indexing or slicing that can go out of bounds (use
+// `get`, `split_at_checked`, iterators; a site that cannot fail says why in
+// an `#[allow]`). Tests may unwrap and index freely.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
 pub mod archive;
 pub mod cache;
 pub mod catalog;

@@ -1,4 +1,6 @@
 //! The `cartorio` command: `proxy`, `serve`, `inspect` and `check`.
+// As in the library: no unwrap or unchecked indexing outside tests.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
