@@ -368,6 +368,24 @@ mod tests {
         }
     }
 
+    /// A cache with neither a disk nor a memory tier.
+    fn tierless() -> BlobCache {
+        BlobCache::new(&CacheSettings {
+            dir: None,
+            disk: 0,
+            memory: 0,
+        })
+    }
+
+    /// Whether `cache` holds a verification of the blob at `at`'s version.
+    async fn verified(cache: &BlobCache, at: &LocalSpan, digest: Digest, size: u64) -> bool {
+        cache
+            .verified_in_place(at, digest, size)
+            .await
+            .unwrap()
+            .is_some()
+    }
+
     fn hashed() -> u64 {
         METRICS.blob_bytes_hashed.load(Ordering::Relaxed)
     }
@@ -385,13 +403,7 @@ mod tests {
         let d = Digest::of(&blob);
         let size = blob.len() as u64;
         let at = archive(dir.path(), &blob);
-        assert!(
-            cache
-                .verified_in_place(&at, d, size)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(!verified(&cache, &at, d, size).await);
 
         // First read (a range): the whole blob is hashed, the range served.
         let before = hashed();
@@ -432,13 +444,7 @@ mod tests {
             disk: 1 << 30,
             memory: 0,
         });
-        assert!(
-            again
-                .verified_in_place(&at, d, size)
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(verified(&again, &at, d, size).await);
     }
 
     /// A source of `data` whose whole reads and range reads are counted.
@@ -479,11 +485,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_a_disk_tier_a_verified_blob_is_read_by_ranges() {
         use std::sync::atomic::AtomicUsize;
-        let cache = Arc::new(BlobCache::new(&CacheSettings {
-            dir: None,
-            disk: 0,
-            memory: 0,
-        }));
+        let cache = Arc::new(tierless());
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
         let d = Digest::of(&data);
         let (whole, ranges) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -524,11 +526,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_corrupt_archive_is_cut_and_never_marked_verified() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = BlobCache::new(&CacheSettings {
-            dir: None,
-            disk: 0,
-            memory: 0,
-        });
+        let cache = tierless();
         let blob = vec![42u8; 100_000];
         let wrong = Digest::of(b"not this");
         let at = archive(dir.path(), &blob);
@@ -538,24 +536,14 @@ mod tests {
                 .await;
             let (bytes, ok) = drain(s.unwrap()).await;
             assert!(!ok && bytes.len() < blob.len());
-            assert!(
-                cache
-                    .verified_in_place(&at, wrong, 100_000)
-                    .await
-                    .unwrap()
-                    .is_none()
-            );
+            assert!(!verified(&cache, &at, wrong, 100_000).await);
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_changed_file_is_refused_then_verified_again() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = BlobCache::new(&CacheSettings {
-            dir: None,
-            disk: 0,
-            memory: 0,
-        });
+        let cache = tierless();
         let blob = vec![7u8; 200_000];
         let d = Digest::of(&blob);
         let at = archive(dir.path(), &blob);
@@ -563,13 +551,7 @@ mod tests {
             .read_in_place(&at, d, 200_000, 0, 199_999, "t".into())
             .await;
         assert!(drain(s.unwrap()).await.1);
-        assert!(
-            cache
-                .verified_in_place(&at, d, 200_000)
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(verified(&cache, &at, d, 200_000).await);
 
         // Rewritten (same bytes, new mtime): not the indexed version any more.
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -582,34 +564,18 @@ mod tests {
                 .is_err()
         );
         // Re-indexed at the new version: verified again before skipping the hash.
-        assert!(
-            cache
-                .verified_in_place(&at2, d, 200_000)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(!verified(&cache, &at2, d, 200_000).await);
         let s = cache
             .read_in_place(&at2, d, 200_000, 0, 199_999, "t".into())
             .await;
         assert!(drain(s.unwrap()).await.1);
-        assert!(
-            cache
-                .verified_in_place(&at2, d, 200_000)
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(verified(&cache, &at2, d, 200_000).await);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_rewritten_mid_read_is_cut_before_its_last_byte() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = BlobCache::new(&CacheSettings {
-            dir: None,
-            disk: 0,
-            memory: 0,
-        });
+        let cache = tierless();
         let blob: Vec<u8> = (0..2_000_000u32).map(|i| (i % 13) as u8).collect();
         let d = Digest::of(&blob);
         let size = blob.len() as u64;
