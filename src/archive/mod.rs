@@ -21,7 +21,7 @@ pub mod toc;
 #[cfg(test)]
 mod tests;
 
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -155,26 +155,6 @@ pub struct Archive {
 
 fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
-}
-
-/// A blocking reader that hashes and counts what passes through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
-    budget: Arc<budget::Budget>,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let read = buf.get(..n).unwrap_or_default();
-        self.hasher.update(read);
-        // A decompression bomb is refused, not decompressed for ever.
-        self.budget
-            .charge(budget::Limit::DecompressedBytes, n as u64)
-            .map_err(io::Error::other)?;
-        Ok(n)
-    }
 }
 
 /// Skips `skip` bytes of a reader and streams the next `len`.
@@ -335,47 +315,33 @@ impl Archive {
             None => return Err(ArchiveError::NotAnArchive),
         };
         let compression = Compression::sniff(&first);
-        let stored = Arc::new(Mutex::new((Hasher::new(), 0u64)));
-        let tap = stored.clone();
-        let raw: ByteStream = Box::pin(
-            futures_util::stream::once(async move { Ok(first) })
-                .chain(raw)
-                .inspect_ok(move |b| {
-                    if let Ok(mut g) = tap.lock() {
-                        g.0.update(b);
-                        g.1 += b.len() as u64;
-                    }
-                }),
-        );
-        let pass = seekable::PassReader::new(raw, compression)?;
+        let raw: ByteStream =
+            Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(raw));
         let spend = Arc::new(budget::Budget::default());
         let charged = spend.clone();
-        let (toc, diff_id, points) = tokio::task::spawn_blocking(move || {
-            let mut hr = HashingReader {
-                inner: pass,
-                hasher: Hasher::new(),
-                budget: charged.clone(),
-            };
+        let pass = seekable::Pass::start(raw, compression, spend.clone())?;
+        let (toc, pass) = tokio::task::spawn_blocking(move || {
+            let mut pass = pass;
             let toc = {
-                let mut ar = tar::Archive::new(guard::HeaderGuard::new(&mut hr, charged.clone()));
+                let mut ar = tar::Archive::new(guard::HeaderGuard::new(&mut pass, charged.clone()));
+                // Seeking skips entry data without copying it.
                 let entries = ar
-                    .entries()
+                    .entries_with_seek()
                     .map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
                 toc::walk(entries, None, true, spill.as_deref(), &charged)?
             };
             // The diff_id covers the whole decompressed stream, including
             // the end-of-archive blocks the tar reader stops before.
-            io::copy(&mut hr, &mut io::sink())
-                .map_err(|e| ArchiveError::Corrupt(format!("decompression failed: {e}")))?;
-            Ok::<_, ArchiveError>((toc, hr.hasher.finish(), hr.inner.into_points()))
+            pass.drain().map_err(|e| match guard::refusal(e) {
+                Ok(refused) => refused,
+                Err(e) => ArchiveError::Corrupt(format!("decompression failed: {e}")),
+            })?;
+            Ok::<_, ArchiveError>((toc, pass))
         })
         .await
         .map_err(ArchiveError::Task)??;
-        let (h, n) = std::mem::take(
-            &mut *stored
-                .lock()
-                .map_err(|_| ArchiveError::Corrupt("poisoned".into()))?,
-        );
+        let done = pass.finish().await?;
+        let (stored, n) = done.stored;
         if n != stat.size {
             return Err(ArchiveError::Corrupt(format!(
                 "read {n} bytes but the source is {} bytes: changed while reading?",
@@ -398,10 +364,10 @@ impl Archive {
             stat,
             fetched: n,
             digests: Some(StreamDigests {
-                stored: (h.finish(), n),
-                diff_id,
+                stored: (stored, n),
+                diff_id: done.diff_id,
             }),
-            seek: SeekState::new(table.or(points)),
+            seek: SeekState::new(table.or(done.points)),
             budget: spend,
         })
     }

@@ -10,7 +10,7 @@
 //! start near what it wants instead of at byte 0.
 //!
 //! This module knows bytes only: no tar, no sources. The archive layer
-//! feeds it the compressed stream (a [`PointReader`] during the indexing
+//! feeds it the compressed stream (a [`PassDecoder`] during the indexing
 //! pass, a [`DecodeStream`] when serving) and keeps the [`Points`].
 mod gzip;
 mod points;
@@ -19,7 +19,7 @@ mod zstd;
 #[cfg(test)]
 mod tests;
 
-use std::io::{self, Read};
+use std::io;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -137,7 +137,8 @@ struct Recorder {
     points: Points,
     span: u64,
     min_span: u64,
-    /// The last [`WINDOW`] bytes of output, as a ring.
+    /// The last [`WINDOW`] bytes of output, as a ring; empty for zstd,
+    /// whose points need no window.
     ring: Vec<u8>,
     ring_pos: usize,
     out: u64,
@@ -150,7 +151,10 @@ impl Recorder {
             points: Points::new(codec),
             span,
             min_span,
-            ring: vec![0; WINDOW],
+            ring: match codec {
+                Codec::Gzip => vec![0; WINDOW],
+                Codec::Zstd => Vec::new(),
+            },
             ring_pos: 0,
             out: 0,
             window_bytes: 0,
@@ -159,6 +163,9 @@ impl Recorder {
 
     fn output(&mut self, data: &[u8]) {
         self.out += data.len() as u64;
+        if self.ring.is_empty() {
+            return;
+        }
         let data = data
             .get(data.len().saturating_sub(WINDOW)..)
             .unwrap_or(data);
@@ -231,78 +238,102 @@ impl Recorder {
     }
 }
 
-/// A blocking reader of the decompressed stream that records points on
-/// the way: the indexing pass reads the archive through it.
-pub struct PointReader<R> {
-    inner: R,
+/// Output chunk of the indexing pass: big enough that per-call costs of
+/// the decoder (and of everything that handles a chunk downstream) do not
+/// show, small enough that a few in flight cost little memory.
+pub const PASS_CHUNK: usize = 256 * 1024;
+
+/// Decompresses a whole stream from its first byte, fed in chunks as they
+/// arrive, and records points on the way: the indexing pass's decoder.
+/// Output comes in chunks of [`PASS_CHUNK`] bytes (the last one shorter),
+/// so a consumer pays per chunk, not per small read.
+pub struct PassDecoder {
     dec: Decoder,
     rec: Recorder,
-    buf: Vec<u8>,
-    pos: usize,
-    len: usize,
-    eof: bool,
+    out: BytesMut,
+    filled: usize,
 }
 
-impl<R: Read> PointReader<R> {
-    /// `inner` is the compressed stream from its first byte.
-    pub fn new(inner: R, codec: Codec) -> Result<PointReader<R>, SeekError> {
-        Self::with_spans(inner, codec, SPAN, MIN_SPAN)
+impl PassDecoder {
+    pub fn new(codec: Codec) -> Result<PassDecoder, SeekError> {
+        Self::with_spans(codec, SPAN, MIN_SPAN)
     }
 
     /// With other spans than [`SPAN`] and [`MIN_SPAN`] (tests use small
     /// streams).
-    pub fn with_spans(
-        inner: R,
-        codec: Codec,
-        span: u64,
-        min_span: u64,
-    ) -> Result<PointReader<R>, SeekError> {
-        let dec = Decoder::at(codec, &Point::start(codec))?;
-        Ok(PointReader {
-            inner,
-            dec,
+    pub fn with_spans(codec: Codec, span: u64, min_span: u64) -> Result<PassDecoder, SeekError> {
+        Ok(PassDecoder {
+            dec: Decoder::at(codec, &Point::start(codec))?,
             rec: Recorder::new(codec, span, min_span),
-            buf: vec![0; 256 * 1024],
-            pos: 0,
-            len: 0,
-            eof: false,
+            out: BytesMut::zeroed(PASS_CHUNK),
+            filled: 0,
         })
     }
 
-    /// The points recorded so far (all of them once the reader hit EOF).
-    pub fn into_points(self) -> Points {
-        self.rec.points
+    /// Decompresses all of `input` (the next bytes of the compressed
+    /// stream), handing every full output chunk to `emit`. An error from
+    /// `emit` stops the pass and is returned as is.
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        emit: &mut dyn FnMut(Bytes) -> io::Result<()>,
+    ) -> Result<(), SeekError> {
+        // Steps that neither consume nor produce: a state change of the
+        // gzip decoder takes one, so do empty deflate blocks already in
+        // its bit buffer; a stuck decoder would take them all.
+        let mut idle = 0;
+        while !input.is_empty() {
+            let s = self.step(input, emit)?;
+            input = input.get(s.consumed..).unwrap_or_default();
+            if s.consumed == 0 && s.produced == 0 {
+                idle += 1;
+                if idle > 1024 {
+                    return Err(SeekError::Corrupt {
+                        at: self.rec.out,
+                        msg: "the decoder made no progress".into(),
+                    });
+                }
+            } else {
+                idle = 0;
+            }
+        }
+        Ok(())
     }
-}
 
-impl<R: Read> Read for PointReader<R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
+    /// At the end of the compressed stream: hands over the output still
+    /// held (by the decoder and here) and returns the points; the stream
+    /// must end between members or frames.
+    pub fn finish(
+        mut self,
+        emit: &mut dyn FnMut(Bytes) -> io::Result<()>,
+    ) -> Result<Points, SeekError> {
+        // A decoder may hold output when its input is all consumed (zstd
+        // flushing the last block into a full buffer).
+        while self.step(&[], emit)?.produced > 0 {}
+        if !self.dec.at_end() {
+            return Err(SeekError::Truncated);
         }
-        loop {
-            if self.pos == self.len && !self.eof {
-                self.len = self.inner.read(&mut self.buf)?;
-                self.pos = 0;
-                self.eof = self.len == 0;
-            }
-            if self.pos == self.len && self.eof {
-                return if self.dec.at_end() {
-                    Ok(0)
-                } else {
-                    Err(SeekError::Truncated.into())
-                };
-            }
-            let input = self
-                .buf
-                .get(self.pos..self.len)
-                .ok_or_else(|| io::Error::other("seek reader out of step"))?;
-            let s = self.dec.step(input, out, Some(&mut self.rec))?;
-            self.pos += s.consumed;
-            if s.produced > 0 {
-                return Ok(s.produced);
-            }
+        if self.filled > 0 {
+            let chunk = self.out.split_to(self.filled).freeze();
+            emit(chunk)?;
         }
+        Ok(self.rec.points)
+    }
+
+    fn step(
+        &mut self,
+        input: &[u8],
+        emit: &mut dyn FnMut(Bytes) -> io::Result<()>,
+    ) -> Result<Step, SeekError> {
+        if self.filled == PASS_CHUNK {
+            let full = std::mem::replace(&mut self.out, BytesMut::zeroed(PASS_CHUNK));
+            self.filled = 0;
+            emit(full.freeze())?;
+        }
+        let out = self.out.get_mut(self.filled..).unwrap_or_default();
+        let s = self.dec.step(input, out, Some(&mut self.rec))?;
+        self.filled += s.produced;
+        Ok(s)
     }
 }
 

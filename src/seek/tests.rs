@@ -1,6 +1,6 @@
 //! Random access at many offsets equals the bytes of a full decompression,
 //! for streams written by the real `gzip` and `zstd` CLIs.
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
@@ -59,11 +59,29 @@ fn cli(prog: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
     out.stdout
 }
 
-fn index(z: &[u8], codec: Codec) -> (Vec<u8>, Points) {
-    let mut r = PointReader::with_spans(z, codec, T_SPAN, T_MIN).expect("reader");
+/// A pass over `z` fed in `step`-byte pieces: the output and the points.
+fn pass(z: &[u8], codec: Codec, step: usize) -> Result<(Vec<u8>, Points), SeekError> {
+    let mut d = PassDecoder::with_spans(codec, T_SPAN, T_MIN)?;
     let mut out = Vec::new();
-    r.read_to_end(&mut out).expect("full decompression");
-    (out, r.into_points())
+    let mut emit = |b: Bytes| {
+        assert!(!b.is_empty() && b.len() <= PASS_CHUNK);
+        out.extend_from_slice(&b);
+        Ok(())
+    };
+    for c in z.chunks(step) {
+        d.feed(c, &mut emit)?;
+    }
+    let points = d.finish(&mut emit)?;
+    Ok((out, points))
+}
+
+fn index(z: &[u8], codec: Codec) -> (Vec<u8>, Points) {
+    let (out, points) = pass(z, codec, 65_536).expect("full decompression");
+    // The points do not depend on how the input was cut.
+    let (out2, points2) = pass(z, codec, 7919).expect("full decompression");
+    assert!(out2 == out);
+    assert_eq!(points2, points);
+    (out, points)
 }
 
 async fn read_at(z: &[u8], points: &Points, off: u64, len: u64) -> Result<Vec<u8>, io::Error> {
@@ -153,12 +171,25 @@ fn gzip_trailing_zeros_ok_garbage_and_truncation_refused() {
 
     let mut garbage = z.clone();
     garbage.extend(b"not gzip");
-    let mut r = PointReader::new(&garbage[..], Codec::Gzip).expect("reader");
-    let err = r.read_to_end(&mut Vec::new()).expect_err("garbage");
+    let err = pass(&garbage, Codec::Gzip, 4096).expect_err("garbage");
     assert!(err.to_string().contains("not a gzip member"), "{err}");
 
-    let mut r = PointReader::new(&z[..z.len() - 20], Codec::Gzip).expect("reader");
-    let err = r.read_to_end(&mut Vec::new()).expect_err("truncated");
+    let err = pass(&z[..z.len() - 20], Codec::Gzip, 4096).expect_err("truncated");
+    assert!(err.to_string().contains("ended in the middle"), "{err}");
+}
+
+/// A zstd frame without a checksum ends with its last block: all its
+/// input can be taken in while output is still held, and the end of the
+/// input is still a clean end (not "truncated").
+#[test]
+fn zstd_ends_cleanly_when_the_last_block_is_still_flushing() {
+    let plain = data(3 << 20, 29);
+    let z = cli("zstd", &["-1", "--no-check", "-c", "-q"], &plain);
+    for step in [z.len(), 1 << 20, 4096] {
+        let (out, _) = pass(&z, Codec::Zstd, step).expect("full decompression");
+        assert!(out == plain, "fed in {step}-byte pieces");
+    }
+    let err = pass(&z[..z.len() - 3], Codec::Zstd, 4096).expect_err("truncated");
     assert!(err.to_string().contains("ended in the middle"), "{err}");
 }
 

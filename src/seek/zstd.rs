@@ -39,7 +39,8 @@ impl Zstd {
         out: &mut [u8],
         mut rec: Option<&mut Recorder>,
     ) -> Result<Step, SeekError> {
-        if input.is_empty() {
+        // Mid-frame, an empty input still flushes output zstd holds.
+        if input.is_empty() && self.boundary {
             return Ok(Step {
                 consumed: 0,
                 produced: 0,
