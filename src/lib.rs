@@ -13,6 +13,7 @@ pub mod check;
 pub mod config;
 pub mod image;
 pub mod logging;
+pub mod malloc;
 pub(crate) mod metrics;
 pub mod registry;
 pub mod reload;

@@ -268,6 +268,7 @@ fn duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
+    cartorio::malloc::tune();
     let cli = Cli::parse();
     cartorio::logging::init(cli.log_format);
     // One descriptor per connection: take what the hard limit allows.
