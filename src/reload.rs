@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::cache::FileSpan;
+use crate::cache::{FileSpan, FillSpan};
 use crate::catalog::{ByteStream, Catalog, CatalogError, Images, Manifest};
 use crate::image::{Digest, Reference, RepoName, Tag};
 
@@ -102,6 +102,10 @@ impl Images for Reloadable {
         digest: &Digest,
     ) -> Result<Option<FileSpan>, CatalogError> {
         self.catalog().blob_file(repo, digest).await
+    }
+
+    fn blob_filling(&self, digest: &Digest, size: u64) -> Option<FillSpan> {
+        self.catalog().blob_filling(digest, size)
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>, CatalogError> {

@@ -13,7 +13,7 @@ use crate::image::{Digest, Reference, RepoName, Tag};
 use crate::metrics::{METRICS, inc};
 use crate::source::{Listing, Redacted, SourceError};
 
-pub use crate::cache::FileSpan;
+pub use crate::cache::{FileSpan, FillSpan};
 
 /// A stream of blob bytes. An `Err` item means the response must be cut
 /// (the connection aborted) so the client cannot take it as complete.
@@ -146,6 +146,15 @@ pub trait Images: Send + Sync + 'static {
         _digest: &Digest,
     ) -> Result<Option<FileSpan>, CatalogError> {
         Ok(None)
+    }
+
+    /// The temp file of a cold blob being filled into the disk cache, for
+    /// the zero-copy path (only bytes already written, and the last one
+    /// only once verified, may be sent from it); None when no fill of
+    /// `digest` at `size` is in progress. Asked after [`Images::blob`],
+    /// which starts the fill.
+    fn blob_filling(&self, _digest: &Digest, _size: u64) -> Option<FillSpan> {
+        None
     }
 
     /// The tags of `repo`, sorted.
@@ -755,6 +764,10 @@ impl Images for Catalog {
                 }),
             None => Ok(self.cache.cached_file(digest, blob.size).await),
         }
+    }
+
+    fn blob_filling(&self, digest: &Digest, size: u64) -> Option<FillSpan> {
+        self.cache.filling(digest, size)
     }
 
     async fn tags(&self, repo: &RepoName) -> Result<Vec<Tag>, CatalogError> {

@@ -9,7 +9,10 @@
 //! verified (a cached blob, or a blob of a local archive verified at its
 //! current version) it says so in a [`ZeroCopy`] response extension; this
 //! front then writes the head and gives the file range to `sendfile`
-//! instead of polling the body. Every other response (and every response
+//! instead of polling the body. A cold blob being filled into the disk
+//! cache is sent the same way from the fill's temp file ([`ZeroCopyFill`]),
+//! as far as the fill has written it and the last byte only once verified.
+//! Every other response (and every response
 //! on TLS or HTTP/2 connections, which stay with hyper and stream the same
 //! file with positional reads) is written from its body.
 //!
@@ -42,7 +45,8 @@ use tokio::sync::watch;
 
 use super::body::ResponseBody;
 use super::server::{SHED_IDLE_AFTER_MS, Shared};
-use crate::catalog::FileSpan;
+use crate::cache::Sendable;
+use crate::catalog::{FileSpan, FillSpan};
 use crate::metrics::{METRICS, inc};
 
 /// Largest request head accepted.
@@ -57,6 +61,19 @@ const COALESCE: usize = 64 * 1024;
 #[derive(Clone, Debug)]
 pub struct ZeroCopy {
     pub span: Arc<FileSpan>,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Set by the blob endpoint on a response whose body follows a fill in
+/// progress (a cold blob): the front may send bytes `start..=end` from the
+/// fill's temp file with `sendfile` as the fill writes them, the blob's
+/// last byte only once its digest matched. Not the verified path: these
+/// responses keep the `fill`/`follower` tier and are not counted as
+/// zero-copy bytes.
+#[derive(Clone, Debug)]
+pub struct ZeroCopyFill {
+    pub span: FillSpan,
     pub start: u64,
     pub end: u64,
 }
@@ -314,6 +331,7 @@ async fn write_response(
     sent: &mut u64,
 ) -> io::Result<()> {
     let zero_copy = resp.extensions_mut().remove::<ZeroCopy>();
+    let fill = resp.extensions_mut().remove::<ZeroCopyFill>();
     let status = resp.status();
     let no_body = head_only
         || status.is_informational()
@@ -366,9 +384,22 @@ async fn write_response(
         write_all(stream, write, &out).await?;
         return send_span(stream, &z, write, sent).await;
     }
+    // Bytes of the body already sent from a fill's temp file.
+    let mut skip = None;
+    // (Small blobs go out from the body, with the head in one write.)
+    if let Some(f) = fill
+        && !chunked
+        && f.end + 1 - f.start > COALESCE as u64
+    {
+        write_all(stream, write, &out).await?;
+        match send_filling(stream, f, write, sent).await? {
+            None => return Ok(()),
+            Some(n) => skip = Some(n),
+        }
+    }
     let mut body = resp.into_body();
     // Small whole bodies (manifests, JSON) go out with the head.
-    if !chunked && exact.is_some_and(|n| n as usize <= COALESCE) {
+    if skip.is_none() && !chunked && exact.is_some_and(|n| n as usize <= COALESCE) {
         let mut n = 0;
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
@@ -380,13 +411,24 @@ async fn write_response(
         *sent += n;
         return Ok(());
     }
-    write_all(stream, write, &out).await?;
+    let mut skip = match skip {
+        Some(n) => n,
+        None => {
+            write_all(stream, write, &out).await?;
+            0
+        }
+    };
     while let Some(frame) = body.frame().await {
         // A body error (a blob that failed verification, a source that
         // broke) cuts the response: the connection is dropped unfinished.
-        let Ok(data) = frame?.into_data() else {
+        let Ok(mut data) = frame?.into_data() else {
             continue;
         };
+        if skip > 0 {
+            let k = skip.min(data.len() as u64);
+            skip -= k;
+            data = data.slice(k as usize..);
+        }
         if data.is_empty() {
             continue;
         }
@@ -422,9 +464,44 @@ async fn send_span(
     let from = z.span.offset + z.start;
     let len = z.end + 1 - z.start;
     advise(&z.span.file, from, len);
-    sendfile(stream, &z.span.file, from, len - 1, write, sent).await?;
+    let counted = Some(&METRICS.zero_copy_bytes);
+    sendfile(stream, &z.span.file, from, len - 1, write, sent, counted).await?;
     z.span.check()?;
-    sendfile(stream, &z.span.file, from + len - 1, 1, write, sent).await
+    sendfile(
+        stream,
+        &z.span.file,
+        from + len - 1,
+        1,
+        write,
+        sent,
+        counted,
+    )
+    .await
+}
+
+/// Sends bytes `start..=end` of a blob being filled with `sendfile` from
+/// its temp file, as far as the fill has written them (the last byte once
+/// verified). An error when the fill failed: the response is cut. Some(n)
+/// when the cache stopped writing after `n` bytes were sent: the caller
+/// goes on from the body, which re-reads the blob from its source.
+async fn send_filling(
+    stream: &mut TcpStream,
+    mut z: ZeroCopyFill,
+    write: Duration,
+    sent: &mut u64,
+) -> io::Result<Option<u64>> {
+    let (mut pos, stop) = (z.start, z.end + 1);
+    while pos < stop {
+        let upto = match z.span.sendable(pos).await? {
+            Sendable::Upto(n) => n.min(stop),
+            Sendable::CacheFailed => return Ok(Some(pos - z.start)),
+        };
+        if upto > pos {
+            sendfile(stream, &z.span.file, pos, upto - pos, write, sent, None).await?;
+            pos = upto;
+        }
+    }
+    Ok(None)
 }
 
 /// Tells the kernel the range will be read soon (readahead for a cold
@@ -448,6 +525,7 @@ async fn sendfile(
     mut len: u64,
     write: Duration,
     total: &mut u64,
+    counter: Option<&std::sync::atomic::AtomicU64>,
 ) -> io::Result<()> {
     let out = stream.as_raw_fd();
     let inp = file.as_raw_fd();
@@ -475,9 +553,9 @@ async fn sendfile(
                 "the file is shorter than the blob",
             ));
         }
-        METRICS
-            .zero_copy_bytes
-            .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = counter {
+            c.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+        }
         from += sent;
         len -= sent;
         *total += sent;

@@ -9,7 +9,7 @@ use crate::image::{Digest, RepoName};
 use crate::registry::body::{self, ResponseBody};
 use crate::registry::error::{ErrorCode, RegistryError};
 use crate::registry::range::{self, RangeRequest};
-use crate::registry::zerocopy::ZeroCopy;
+use crate::registry::zerocopy::{ZeroCopy, ZeroCopyFill};
 
 pub async fn get(
     images: &dyn Images,
@@ -38,6 +38,7 @@ pub async fn get(
     };
     let len = if size == 0 { 0 } else { end - start + 1 };
     let mut zero_copy = None;
+    let mut fill = None;
 
     let body = if head {
         body::empty()
@@ -63,11 +64,21 @@ pub async fn get(
         });
         body::streaming(span.stream(start, end), len)
     } else {
-        body::streaming(images.blob(name, &digest, start, end).await?, len)
+        let stream = images.blob(name, &digest, start, end).await?;
+        // A cold blob: the fill this request started or joined writes it
+        // to a temp file, from which the plain HTTP/1.1 front sends what is
+        // written (the last byte once verified) with sendfile.
+        fill = images
+            .blob_filling(&digest, size)
+            .map(|span| ZeroCopyFill { span, start, end });
+        body::streaming(stream, len)
     };
 
     let mut resp = Response::new(body);
     if let Some(z) = zero_copy {
+        resp.extensions_mut().insert(z);
+    }
+    if let Some(z) = fill {
         resp.extensions_mut().insert(z);
     }
     *resp.status_mut() = status;
