@@ -611,6 +611,46 @@ fn client_disconnect_mid_fill_still_caches() {
     });
 }
 
+/// A fill whose temp file cannot be written (its name taken by a link to /dev/full, where
+/// every write fails with ENOSPC) still serves the whole blob, verified: the clients it was
+/// sending from the temp file go on from the source, and nothing is cached.
+#[test]
+fn a_fill_that_cannot_write_still_serves_the_whole_blob() {
+    e2e!();
+    let tmp = tempdir();
+    let archive = big_rootfs(tmp.path(), 16);
+    let (_ng, url) = upstream(&archive);
+    let cache = tmp.path().join("cache");
+    let server = Server::serve(&["--cache-dir", s(&cache), &format!("big={url}")]);
+    let (layer, size) = only_layer(&server, "big:latest");
+    // The fill's temp file is `tmp/<hex>.<pid>.<n>`: take the first names.
+    for n in 0..8 {
+        let at = cache
+            .join("tmp")
+            .join(format!("{}.{}.{n}", hex(&layer), server.pid()));
+        std::os::unix::fs::symlink("/dev/full", at).unwrap();
+    }
+    let url = blob_url(&server, "big", &layer);
+    let whole: Vec<Child> = (0..3).map(|_| spawn_curl_sha256(&url, "")).collect();
+    let ranged = curl_get(&url, &["-r", "100000-"]);
+    for c in whole {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex(&layer));
+    }
+    assert_eq!((ranged.code, ranged.status), (0, 206));
+    let bytes = fs::read(&archive).unwrap();
+    assert_eq!(size, bytes.len() as u64);
+    assert!(ranged.body == bytes[100_000..], "the range's bytes differ");
+    assert!(cached(&cache).is_empty(), "{:?}", cached(&cache));
+    let m = String::from_utf8(curl_get(&server.url("/metrics"), &[]).body).unwrap();
+    assert!(metric(&m, "cartorio_cache_write_errors_total") >= 1);
+}
+
 /// `--cache-dir` naming a regular file: the server says so and serves from the archive.
 #[test]
 fn unusable_cache_dir_serves_from_source() {
