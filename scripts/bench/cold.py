@@ -89,6 +89,28 @@ def start_proxy(binary, tmp, url):
     return p, port, d
 
 
+def proc_cpu(pids):
+    """CPU seconds (user + system) used so far by these processes and their threads."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
+def children_of(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 def stop(p):
     p.send_signal(signal.SIGTERM)
     try:
@@ -120,6 +142,8 @@ def main():
     nginx, nport = start_nginx(tmp, www)
     url = f"http://127.0.0.1:{nport}/big.tar"
     rates = {b: [] for b in a.bin}
+    cpus = {b: [] for b in a.bin}
+    nginx_pids = [nginx.pid] + children_of(nginx.pid)
     sha = []
     try:
         # warm the tarball into the page cache
@@ -132,14 +156,21 @@ def main():
                     req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/bench/cold/manifests/v1",
                                                  headers={"Accept": ACCEPT})
                     urllib.request.urlopen(req, timeout=120).read()
+                    c0 = (proc_cpu([p.pid]), proc_cpu(nginx_pids), os.times())
                     t = time.perf_counter()
                     out = subprocess.run(["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}",
                                           f"http://127.0.0.1:{port}/v2/bench/cold/blobs/{layer['digest']}"],
                                          check=True, stdout=subprocess.PIPE, timeout=600).stdout
                     dt = time.perf_counter() - t
+                    c1 = (proc_cpu([p.pid]), proc_cpu(nginx_pids), os.times())
+                    curl_cpu = (c1[2].children_user + c1[2].children_system
+                                - c0[2].children_user - c0[2].children_system)
+                    cpu = (c1[0] - c0[0], c1[1] - c0[1], curl_cpu)
                     r = int(out) / MiB / dt
                     rates[b].append(r)
-                    print(f"round {rnd} {b}: {r:.0f} MiB/s", flush=True)
+                    cpus[b].append(cpu)
+                    print(f"round {rnd} {b}: {r:.0f} MiB/s in {dt:.2f} s; CPU s: cartorio {cpu[0]:.2f}, "
+                          f"nginx {cpu[1]:.2f}, curl {cpu[2]:.2f}", flush=True)
                 finally:
                     stop(p)
                     shutil.rmtree(d, ignore_errors=True)
@@ -154,7 +185,8 @@ def main():
                 req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/bench/cold/manifests/v1",
                                              headers={"Accept": ACCEPT})
                 urllib.request.urlopen(req, timeout=120).read()
-                rec = subprocess.Popen(["perf", *a.perf_args.split(), "-o", a.perf, "-p", str(p.pid)],
+                target = [] if "-a" in a.perf_args.split() else ["-p", str(p.pid)]
+                rec = subprocess.Popen(["perf", *a.perf_args.split(), "-o", a.perf, *target],
                                        stderr=subprocess.DEVNULL)
                 time.sleep(0.5)
                 subprocess.run(["curl", "-sf", "-o", "/dev/null",
@@ -172,6 +204,8 @@ def main():
     for b, rs in rates.items():
         m = statistics.median(rs)
         print(f"{b}: median {m:.0f} MiB/s = {m / ms:.2f}x sha256 ({', '.join('%.0f' % x for x in rs)})")
+        med = [statistics.median(c[i] for c in cpus[b]) for i in range(3)]
+        print(f"  median CPU s per stream: cartorio {med[0]:.2f}, nginx {med[1]:.2f}, curl {med[2]:.2f}")
     return 0
 
 
