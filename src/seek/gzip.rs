@@ -130,7 +130,8 @@ impl Gzip {
     pub(super) fn step(
         &mut self,
         input: &[u8],
-        out: &mut [u8],
+        out: &mut Vec<u8>,
+        room: usize,
         rec: Option<&mut Recorder>,
     ) -> Result<Step, SeekError> {
         let none = Step {
@@ -199,18 +200,24 @@ impl Gzip {
                         produced: 0,
                     });
                 }
+                let start = out.len();
+                let spare = out.spare_capacity_mut();
                 let avail_in = input.len().min(u32::MAX as usize);
-                let avail_out = out.len().min(u32::MAX as usize);
+                let avail_out = room.min(spare.len()).min(u32::MAX as usize);
                 self.strm.next_in = input.as_ptr();
                 self.strm.avail_in = avail_in as u32;
-                self.strm.next_out = out.as_mut_ptr();
+                self.strm.next_out = spare.as_mut_ptr().cast::<u8>();
                 self.strm.avail_out = avail_out as u32;
                 let flush = if rec.is_some() { Z_BLOCK } else { Z_NO_FLUSH };
-                // SAFETY: next_in/avail_in and next_out/avail_out describe
-                // `input` and `out`, both alive and unaliased for the call.
+                // SAFETY: next_in/avail_in describe `input`, next_out/
+                // avail_out the start of `out`'s spare capacity, both alive
+                // and unaliased for the call; inflate only writes there.
                 let ret = unsafe { inflate(&mut *self.strm, flush) };
                 let consumed = avail_in - self.strm.avail_in as usize;
                 let produced = avail_out - self.strm.avail_out as usize;
+                // SAFETY: inflate wrote `produced` bytes from next_out on,
+                // within the spare capacity.
+                unsafe { out.set_len(start + produced) };
                 let data_type = self.strm.data_type;
                 self.strm.next_in = std::ptr::null();
                 self.strm.avail_in = 0;
@@ -233,10 +240,7 @@ impl Gzip {
                     _ => return Err(self.corrupt(self.message(ret))),
                 }
                 if let Some(r) = rec {
-                    // `produced` is what inflate wrote into `out`, so never
-                    // more than its length.
-                    #[allow(clippy::indexing_slicing)]
-                    r.output(&out[..produced]);
+                    r.output(out.get(start..).unwrap_or_default());
                     // At the end of a deflate block that is not the last:
                     // a place where raw inflate can start (zran.c's test).
                     if ret == Z_OK && data_type & 128 != 0 && data_type & 64 == 0 {

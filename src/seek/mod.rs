@@ -21,7 +21,7 @@ mod tests;
 
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 pub use points::{Kind, MAX_POINTS, Point, Points};
@@ -86,15 +86,20 @@ enum Decoder {
 }
 
 impl Decoder {
+    /// Decodes from `input`, appending at most `room` bytes to `out`
+    /// (which must have that much spare capacity: it is written without
+    /// being zeroed first).
     fn step(
         &mut self,
         input: &[u8],
-        out: &mut [u8],
+        out: &mut Vec<u8>,
+        room: usize,
         rec: Option<&mut Recorder>,
     ) -> Result<Step, SeekError> {
+        let room = room.min(out.capacity() - out.len());
         let s = match self {
-            Decoder::Gzip(g) => g.step(input, out, rec),
-            Decoder::Zstd(z) => z.step(input, out, rec),
+            Decoder::Gzip(g) => g.step(input, out, room, rec),
+            Decoder::Zstd(z) => z.step(input, out, room, rec),
         }?;
         crate::metrics::METRICS
             .decompressed_bytes
@@ -250,8 +255,8 @@ pub const PASS_CHUNK: usize = 256 * 1024;
 pub struct PassDecoder {
     dec: Decoder,
     rec: Recorder,
-    out: BytesMut,
-    filled: usize,
+    /// The output chunk being filled (capacity [`PASS_CHUNK`]).
+    out: Vec<u8>,
 }
 
 impl PassDecoder {
@@ -265,8 +270,7 @@ impl PassDecoder {
         Ok(PassDecoder {
             dec: Decoder::at(codec, &Point::start(codec))?,
             rec: Recorder::new(codec, span, min_span),
-            out: BytesMut::zeroed(PASS_CHUNK),
-            filled: 0,
+            out: Vec::with_capacity(PASS_CHUNK),
         })
     }
 
@@ -313,9 +317,8 @@ impl PassDecoder {
         if !self.dec.at_end() {
             return Err(SeekError::Truncated);
         }
-        if self.filled > 0 {
-            let chunk = self.out.split_to(self.filled).freeze();
-            emit(chunk)?;
+        if !self.out.is_empty() {
+            emit(Bytes::from(self.out))?;
         }
         Ok(self.rec.points)
     }
@@ -325,15 +328,13 @@ impl PassDecoder {
         input: &[u8],
         emit: &mut dyn FnMut(Bytes) -> io::Result<()>,
     ) -> Result<Step, SeekError> {
-        if self.filled == PASS_CHUNK {
-            let full = std::mem::replace(&mut self.out, BytesMut::zeroed(PASS_CHUNK));
-            self.filled = 0;
-            emit(full.freeze())?;
+        if self.out.len() >= PASS_CHUNK {
+            let full = std::mem::replace(&mut self.out, Vec::with_capacity(PASS_CHUNK));
+            emit(Bytes::from(full))?;
         }
-        let out = self.out.get_mut(self.filled..).unwrap_or_default();
-        let s = self.dec.step(input, out, Some(&mut self.rec))?;
-        self.filled += s.produced;
-        Ok(s)
+        let room = PASS_CHUNK - self.out.len();
+        self.dec
+            .step(input, &mut self.out, room, Some(&mut self.rec))
     }
 }
 
@@ -382,7 +383,7 @@ where
         use std::task::Poll;
         let this = self.get_mut();
         const OUT: usize = 256 * 1024;
-        let mut out = BytesMut::zeroed(OUT);
+        let mut out = Vec::with_capacity(OUT);
         loop {
             if this.left == 0 {
                 return Poll::Ready(None);
@@ -395,19 +396,14 @@ where
                     Poll::Ready(None) => this.eof = true,
                 }
             }
-            if this.chunk.is_empty() && this.eof {
-                // The requested bytes are past the end of the stream.
-                this.left = 0;
-                return Poll::Ready(Some(Err(SeekError::Truncated.into())));
-            }
             let want = if this.skip > 0 {
                 this.skip.min(OUT as u64) as usize
             } else {
                 this.left.min(OUT as u64) as usize
             };
-            // `want` is at most OUT, the length of `out`.
-            #[allow(clippy::indexing_slicing)]
-            let s = match this.dec.step(&this.chunk, &mut out[..want], None) {
+            // Skipped output is dropped: `out` only ever holds one step's.
+            out.clear();
+            let s = match this.dec.step(&this.chunk, &mut out, want, None) {
                 Ok(s) => s,
                 Err(e) => {
                     this.left = 0;
@@ -416,6 +412,12 @@ where
             };
             let _ = this.chunk.split_to(s.consumed);
             if s.produced == 0 {
+                if this.chunk.is_empty() && this.eof {
+                    // Nothing left in the input nor held by the decoder:
+                    // the requested bytes are past the end of the stream.
+                    this.left = 0;
+                    return Poll::Ready(Some(Err(SeekError::Truncated.into())));
+                }
                 continue;
             }
             if this.skip > 0 {
@@ -423,8 +425,7 @@ where
                 continue;
             }
             this.left -= s.produced as u64;
-            out.truncate(s.produced);
-            return Poll::Ready(Some(Ok(out.freeze())));
+            return Poll::Ready(Some(Ok(Bytes::from(out))));
         }
     }
 }

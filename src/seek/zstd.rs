@@ -36,7 +36,8 @@ impl Zstd {
     pub(super) fn step(
         &mut self,
         input: &[u8],
-        out: &mut [u8],
+        out: &mut Vec<u8>,
+        room: usize,
         mut rec: Option<&mut Recorder>,
     ) -> Result<Step, SeekError> {
         // Mid-frame, an empty input still flushes output zstd holds.
@@ -52,10 +53,15 @@ impl Zstd {
             // A frame (or skippable frame) starts here.
             r.boundary(self.inp, Kind::Frame);
         }
+        let start = out.len();
         let mut inb = InBuffer::around(input);
-        let mut outb = OutBuffer::around(out);
+        let mut room = Room {
+            vec: out,
+            end: start + room,
+        };
+        let mut outb = OutBuffer::around_pos(&mut room, start);
         let r = self.dctx.decompress_stream(&mut outb, &mut inb);
-        let (consumed, produced) = (inb.pos(), outb.pos());
+        let (consumed, produced) = (inb.pos(), outb.pos() - start);
         self.inp += consumed as u64;
         self.out += produced as u64;
         let hint = r.map_err(|code| SeekError::Corrupt {
@@ -63,12 +69,41 @@ impl Zstd {
             msg: zstd_safe::get_error_name(code).to_string(),
         })?;
         if let Some(r) = rec {
-            // `produced` is the output buffer's position, never past `out`.
-            #[allow(clippy::indexing_slicing)]
-            r.output(&out[..produced]);
+            r.output(out.get(start..).unwrap_or_default());
         }
         self.boundary = hint == 0;
         Ok(Step { consumed, produced })
+    }
+}
+
+/// The first `end` bytes of a vector's allocation as zstd's output
+/// buffer: zstd writes past `len` into the spare capacity (no zeroing
+/// first) and the length follows what it wrote; `end` keeps it from
+/// writing more than the caller asked for.
+struct Room<'a> {
+    vec: &'a mut Vec<u8>,
+    end: usize,
+}
+
+// SAFETY: `capacity()` is at most the vector's capacity (the caller's
+// `room` is capped by the spare capacity), so the pointer is valid for
+// writes of `capacity()` bytes; `filled_until(n)` is only called by
+// zstd-safe with `n` bytes written from the start (the first `len` were
+// already initialized), within that capacity.
+unsafe impl zstd_safe::WriteBuf for Room<'_> {
+    fn as_slice(&self) -> &[u8] {
+        self.vec.as_slice()
+    }
+    fn capacity(&self) -> usize {
+        self.end.min(self.vec.capacity())
+    }
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.vec.as_mut_ptr()
+    }
+    unsafe fn filled_until(&mut self, n: usize) {
+        // SAFETY: the trait's contract: the first `n` bytes, `n` at most
+        // `capacity()`, are initialized.
+        unsafe { self.vec.set_len(n) }
     }
 }
 
