@@ -30,29 +30,31 @@ pub struct FillSpan {
 /// How far a [`FillSpan`] may be sent.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sendable {
-    /// Bytes `0..n` of the blob are in the file and may be sent (`n` is
-    /// the blob's size only once its digest matched).
+    /// Bytes up to (not including) this offset may be sent.
     Upto(u64),
     /// The cache stopped writing: the rest must come from elsewhere.
     CacheFailed,
 }
 
 impl FillSpan {
-    /// Waits until byte `pos` may be sent, and says up to where. An error
-    /// when the fill failed (source error, digest mismatch): the response
-    /// must be cut.
-    pub async fn sendable(&mut self, pos: u64) -> io::Result<Sendable> {
+    /// Waits until byte `pos` of a response ending at byte `end` (both
+    /// blob offsets, `end` inclusive) may be sent, and says up to where.
+    /// Bytes are sendable once the fill wrote them, except the blob's last
+    /// byte and the response's: they wait for the verdict on the whole
+    /// blob, so no response is complete before it matched. An error when
+    /// the fill failed (source error, digest mismatch): the response must
+    /// be cut.
+    pub async fn sendable(&mut self, pos: u64, end: u64) -> io::Result<Sendable> {
         loop {
             let now = self.progress.borrow_and_update().clone();
             match now {
                 Progress::Writing { written, .. } => {
-                    // The last byte waits for the verdict.
-                    let n = written.min(self.size.saturating_sub(1));
+                    let n = written.min(self.size.saturating_sub(1)).min(end);
                     if n > pos {
                         return Ok(Sendable::Upto(n));
                     }
                 }
-                Progress::Done => return Ok(Sendable::Upto(self.size)),
+                Progress::Done => return Ok(Sendable::Upto(end.saturating_add(1))),
                 Progress::Failed(why) => {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, why.to_string()));
                 }
@@ -92,14 +94,15 @@ mod tests {
     use super::*;
     use crate::cache::tests::{fetcher, settings};
 
-    /// Reads a fill's temp file as the zero-copy front does: what it was
-    /// let send, and how the fill ended for it.
-    async fn send_all(mut span: FillSpan) -> (Vec<u8>, io::Result<()>) {
+    /// Reads bytes `start..=end` of a fill's temp file as the zero-copy
+    /// front does: what it was let send, and how the fill ended for it.
+    async fn send_all(mut span: FillSpan, start: u64, end: u64) -> (Vec<u8>, io::Result<()>) {
         let mut out = Vec::new();
-        let mut pos = 0;
-        while pos < span.size {
-            match span.sendable(pos).await {
+        let mut pos = start;
+        while pos <= end {
+            match span.sendable(pos, end).await {
                 Ok(Sendable::Upto(n)) => {
+                    assert!(n > pos && n <= end + 1, "{pos}..{n} of ..={end}");
                     let mut b = vec![0; (n - pos) as usize];
                     span.file.read_exact_at(&mut b, pos).unwrap();
                     out.extend_from_slice(&b);
@@ -122,7 +125,8 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
 
         // A lying source: the file is let out all but its last byte, then
-        // the fill fails, and nothing is cached.
+        // the fill fails, and nothing is cached; a range short of the
+        // blob's end is held back at its own last byte as well.
         let liar = fetcher(data.clone(), calls.clone(), true);
         let _stream = cache
             .read(d, size, 0, size - 1, "t".into(), liar, None)
@@ -133,9 +137,15 @@ mod tests {
             "joined at another size"
         );
         let span = cache.filling(&d, size).expect("a fill in progress");
-        let (bytes, end) = send_all(span).await;
+        let (part, part_end) = send_all(span.clone(), 100, 30_000).await;
+        let (bytes, end) = send_all(span, 0, size - 1).await;
         assert_eq!(end.unwrap_err().kind(), io::ErrorKind::InvalidData);
         assert!(bytes.len() < data.len(), "the last byte was let out");
+        assert_eq!(part_end.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert!(
+            part.len() < 30_000 - 100 + 1,
+            "the range's last byte was let out"
+        );
         assert!(!dir.path().join("sha256").join(d.hex()).exists());
 
         // An honest one: every byte, the same as the blob, and no fill left.
@@ -145,9 +155,12 @@ mod tests {
             .await
             .unwrap();
         let span = cache.filling(&d, size).expect("a fill in progress");
-        let (bytes, end) = send_all(span).await;
+        let (part, part_end) = send_all(span.clone(), 100, 30_000).await;
+        let (bytes, end) = send_all(span, 0, size - 1).await;
         end.unwrap();
         assert!(bytes == data);
+        part_end.unwrap();
+        assert!(part == data[100..=30_000]);
         assert!(cache.filling(&d, size).is_none());
         assert_eq!(
             std::fs::read(dir.path().join("sha256").join(d.hex())).unwrap(),

@@ -11,7 +11,8 @@
 //! front then writes the head and gives the file range to `sendfile`
 //! instead of polling the body. A cold blob being filled into the disk
 //! cache is sent the same way from the fill's temp file ([`ZeroCopyFill`]),
-//! as far as the fill has written it and the last byte only once verified.
+//! as far as the fill has written it, the response's last byte only once
+//! the blob is verified.
 //! Every other response (and every response
 //! on TLS or HTTP/2 connections, which stay with hyper and stream the same
 //! file with positional reads) is written from its body.
@@ -67,10 +68,10 @@ pub struct ZeroCopy {
 
 /// Set by the blob endpoint on a response whose body follows a fill in
 /// progress (a cold blob): the front may send bytes `start..=end` from the
-/// fill's temp file with `sendfile` as the fill writes them, the blob's
-/// last byte only once its digest matched. Not the verified path: these
-/// responses keep the `fill`/`follower` tier and are not counted as
-/// zero-copy bytes.
+/// fill's temp file with `sendfile` as the fill writes them, the last
+/// byte (the response's, and the blob's) only once its digest matched.
+/// Not the verified path: these responses keep the `fill`/`follower` tier
+/// and are not counted as zero-copy bytes.
 #[derive(Clone, Debug)]
 pub struct ZeroCopyFill {
     pub span: FillSpan,
@@ -480,8 +481,8 @@ async fn send_span(
 }
 
 /// Sends bytes `start..=end` of a blob being filled with `sendfile` from
-/// its temp file, as far as the fill has written them (the last byte once
-/// verified). An error when the fill failed: the response is cut. Some(n)
+/// its temp file, as far as the fill has written them (the response's last
+/// byte, like the blob's, once the blob is verified). An error when the fill failed: the response is cut. Some(n)
 /// when the cache stopped writing after `n` bytes were sent: the caller
 /// goes on from the body, which re-reads the blob from its source.
 async fn send_filling(
@@ -490,10 +491,10 @@ async fn send_filling(
     write: Duration,
     sent: &mut u64,
 ) -> io::Result<Option<u64>> {
-    let (mut pos, stop) = (z.start, z.end + 1);
-    while pos < stop {
-        let upto = match z.span.sendable(pos).await? {
-            Sendable::Upto(n) => n.min(stop),
+    let mut pos = z.start;
+    while pos <= z.end {
+        let upto = match z.span.sendable(pos, z.end).await? {
+            Sendable::Upto(n) => n.min(z.end + 1),
             Sendable::CacheFailed => return Ok(Some(pos - z.start)),
         };
         if upto > pos {
