@@ -163,6 +163,8 @@ def main():
                                          check=True, stdout=subprocess.PIPE, timeout=600).stdout
                     dt = time.perf_counter() - t
                     c1 = (proc_cpu([p.pid]), proc_cpu(nginx_pids), os.times())
+                    with open(f"/proc/{p.pid}/status") as f:
+                        hwm = next((int(l.split()[1]) for l in f if l.startswith("VmHWM:")), 0) / 1024
                     curl_cpu = (c1[2].children_user + c1[2].children_system
                                 - c0[2].children_user - c0[2].children_system)
                     cpu = (c1[0] - c0[0], c1[1] - c0[1], curl_cpu)
@@ -170,7 +172,7 @@ def main():
                     rates[b].append(r)
                     cpus[b].append(cpu)
                     print(f"round {rnd} {b}: {r:.0f} MiB/s in {dt:.2f} s; CPU s: cartorio {cpu[0]:.2f}, "
-                          f"nginx {cpu[1]:.2f}, curl {cpu[2]:.2f}", flush=True)
+                          f"nginx {cpu[1]:.2f}, curl {cpu[2]:.2f}; cartorio peak RSS {hwm:.0f} MiB", flush=True)
                 finally:
                     stop(p)
                     shutil.rmtree(d, ignore_errors=True)
