@@ -200,6 +200,19 @@ impl Gzip {
                         produced: 0,
                     });
                 }
+                // Stopping at every block boundary (Z_BLOCK) costs a return
+                // from inflate and a window copy per block; far from the
+                // next point, inflate runs on, stopping one byte short of
+                // where a point is wanted: the first boundary after it is
+                // the same one either way.
+                let (flush, room) = match rec.as_deref().map(Recorder::until_block) {
+                    None => (Z_NO_FLUSH, room),
+                    Some(until) if until > 1 => (
+                        Z_NO_FLUSH,
+                        room.min(usize::try_from(until - 1).unwrap_or(usize::MAX)),
+                    ),
+                    Some(_) => (Z_BLOCK, room),
+                };
                 let start = out.len();
                 let spare = out.spare_capacity_mut();
                 let avail_in = input.len().min(u32::MAX as usize);
@@ -208,7 +221,6 @@ impl Gzip {
                 self.strm.avail_in = avail_in as u32;
                 self.strm.next_out = spare.as_mut_ptr().cast::<u8>();
                 self.strm.avail_out = avail_out as u32;
-                let flush = if rec.is_some() { Z_BLOCK } else { Z_NO_FLUSH };
                 // SAFETY: next_in/avail_in describe `input`, next_out/
                 // avail_out the start of `out`'s spare capacity, both alive
                 // and unaliased for the call; inflate only writes there.

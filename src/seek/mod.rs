@@ -203,6 +203,12 @@ impl Recorder {
         self.points.points().last().map(|p| p.out)
     }
 
+    /// Output to come before a deflate block point is wanted (0: at the
+    /// next block boundary).
+    fn until_block(&self) -> u64 {
+        (self.last_out().unwrap_or(0) + self.span).saturating_sub(self.out)
+    }
+
     /// Whether a point of the given cost is worth recording here.
     fn wants(&self, free: bool) -> bool {
         // The start of the stream is always a point; it is not kept.
