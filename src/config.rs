@@ -238,8 +238,9 @@ pub fn default_cache_dir() -> PathBuf {
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let n: u64 = s[..split].parse().ok()?;
-    let mult: u64 = match s[split..].trim() {
+    let (digits, unit) = s.split_at_checked(split)?;
+    let n: u64 = digits.parse().ok()?;
+    let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "K" | "KiB" => 1 << 10,
         "M" | "MiB" => 1 << 20,
@@ -281,8 +282,9 @@ impl CacheConfig {
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let n: u64 = s[..split].parse().ok()?;
-    let ms = match &s[split..] {
+    let (digits, unit) = s.split_at_checked(split)?;
+    let n: u64 = digits.parse().ok()?;
+    let ms = match unit {
         "ms" => n,
         "s" => n.checked_mul(1000)?,
         "m" => n.checked_mul(60_000)?,
@@ -292,8 +294,15 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis(ms))
 }
 
+/// The 1-based line a parser's byte offset falls on. The offset is counted
+/// in bytes, not sliced, so one past the end or inside a multi-byte
+/// character still names a line.
 fn line_of(text: &str, span: Range<usize>) -> usize {
-    text[..span.start.min(text.len())].matches('\n').count() + 1
+    text.bytes()
+        .take(span.start)
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 impl Config {
@@ -555,6 +564,24 @@ dir = "/var/cache/cartorio"
     }
 
     #[test]
+    fn error_offsets_past_the_end_or_inside_a_character_name_a_line() {
+        let text = "a = 1\nb = \"é\"\n";
+        assert_eq!(line_of(text, 0..1), 1);
+        assert_eq!(line_of(text, 6..7), 2);
+        // Inside the two bytes of 'é' (byte 11): still line 2.
+        assert_eq!(text.find('é'), Some(11));
+        assert_eq!(line_of(text, 12..13), 2);
+        // At and past the end: the line after the last newline.
+        assert_eq!(line_of(text, text.len()..text.len()), 3);
+        assert_eq!(line_of(text, 1000..1001), 3);
+        assert_eq!(line_of("", 5..5), 1);
+        // A config cut off inside a string that ends in a multi-byte
+        // character is an error naming its line.
+        let e = parse("[[image]]\nname = \"ã").unwrap_err();
+        assert!(e.to_string().starts_with("images.toml:2: "), "{e}");
+    }
+
+    #[test]
     fn sizes_and_cache_settings() {
         assert_eq!(parse_size("256MiB"), Some(256 << 20));
         assert_eq!(parse_size("20GiB"), Some(20 << 30));
@@ -563,6 +590,10 @@ dir = "/var/cache/cartorio"
         assert_eq!(parse_size("100"), Some(100));
         assert_eq!(parse_size("lots"), None);
         assert_eq!(parse_size("99999999999TiB"), None);
+        // A unit that is not ASCII is no unit, not a panic at the cut.
+        assert_eq!(parse_size("5é"), None);
+        assert_eq!(parse_size("é"), None);
+        assert_eq!(parse_size(""), None);
         let c = CacheConfig {
             dir: Some("cache".into()),
             disk: Some("1GiB".into()),
@@ -599,6 +630,8 @@ dir = "/var/cache/cartorio"
         );
         assert_eq!(parse_duration("1"), None);
         assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("5µs"), None);
+        assert_eq!(parse_duration("µ"), None);
         let c = parse("revalidate = \"30s\"\n[[image]]\nname = \"builds/{repo}\"\nsource = \"s3://b/{repo}/{tag}.tar\"\n").unwrap();
         assert_eq!(c.revalidate, std::time::Duration::from_secs(30));
         assert_eq!(c.routes[0].prefix, "builds/");

@@ -2,10 +2,15 @@
 //! out of tarballs.
 
 // Nothing a request or an archive holds may panic the server: outside tests,
-// no `unwrap()` and no indexing or slicing that can go out of bounds (use
-// `get`, `split_at_checked`, iterators; a site that cannot fail says why in
-// an `#[allow]`). Tests may unwrap and index freely.
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
+// no `unwrap()`, no indexing or slicing that can go out of bounds, and no
+// `&s[a..b]` on a string, which also panics inside a multi-byte character
+// (use `get`, `split_at_checked`, `split_once`, `strip_prefix`, iterators; a
+// site that cannot fail says why in an `#[allow]`). Tests may unwrap and
+// index freely.
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::indexing_slicing, clippy::string_slice)
+)]
 pub mod archive;
 pub mod cache;
 pub mod catalog;

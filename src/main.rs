@@ -1,6 +1,10 @@
 //! The `cartorio` command: `proxy`, `serve`, `inspect` and `check`.
-// As in the library: no unwrap or unchecked indexing outside tests.
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::indexing_slicing))]
+// As in the library: no unwrap, unchecked indexing or string slicing outside
+// tests.
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::indexing_slicing, clippy::string_slice)
+)]
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -37,14 +37,14 @@ impl Template {
     pub fn parse(s: &str) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut rest = s;
-        while let Some(i) = rest.find('{') {
-            if i > 0 {
-                parts.push(Part::Lit(rest[..i].to_string()));
+        while let Some((lit, after)) = rest.split_once('{') {
+            if !lit.is_empty() {
+                parts.push(Part::Lit(lit.to_string()));
             }
-            let end = rest[i..]
-                .find('}')
+            let (name, tail) = after
+                .split_once('}')
                 .ok_or_else(|| format!("unclosed {{ in {s:?}"))?;
-            match &rest[i + 1..i + end] {
+            match name {
                 "repo" => parts.push(Part::Repo),
                 "tag" => parts.push(Part::Tag),
                 other => {
@@ -53,7 +53,7 @@ impl Template {
                     ));
                 }
             }
-            rest = &rest[i + end + 1..];
+            rest = tail;
         }
         if !rest.is_empty() {
             parts.push(Part::Lit(rest.to_string()));
@@ -150,8 +150,11 @@ fn matches(parts: &[Part], s: &str, repo: &mut Option<String>, tag: &mut Option<
                 if is_tag && c == '/' {
                     break;
                 }
-                if matches(rest, &s[i..], repo, tag) {
-                    let v = Some(s[..i].to_string());
+                let Some((value, after)) = s.split_at_checked(i) else {
+                    continue;
+                };
+                if matches(rest, after, repo, tag) {
+                    let v = Some(value.to_string());
                     if is_tag {
                         *tag = v;
                     } else {
@@ -207,8 +210,30 @@ mod tests {
             "s3://b/{repo}{tag}",
             "s3://b/{name}",
             "s3://b/{repo",
+            "s3://b/{répo}",
+            "s3://b/{repo}/{",
+            "s3://b/{repo}/é{tãg",
         ] {
             assert!(Template::parse(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            Template::parse("s3://b/{ré}").unwrap_err(),
+            "unknown placeholder {ré} in \"s3://b/{ré}\" (use {repo} and {tag})"
+        );
+    }
+
+    #[test]
+    fn multi_byte_literals_and_urls() {
+        let t = Template::parse("/srv/ç/{repo}/é/{tag}.tär").unwrap();
+        assert_eq!(t.to_string(), "/srv/ç/{repo}/é/{tag}.tär");
+        let tag: Tag = "v1".parse().unwrap();
+        let url = t.fill("a/b", Some(&tag));
+        assert_eq!(url, "/srv/ç/a/b/é/v1.tär");
+        assert_eq!(t.parse_url(&url), Some(("a/b".to_string(), Some(tag))));
+        assert_eq!(t.tag_prefix("a/b").unwrap(), "/srv/ç/a/b/é/");
+        // Multi-byte text where a name or tag goes is not an image.
+        assert_eq!(t.parse_url("/srv/ç/ã/é/v1.tär"), None);
+        assert_eq!(t.parse_url("/srv/ç/a/é/vé.tär"), None);
+        assert_eq!(t.parse_url("/srv/ç/a/é/v1.tä"), None);
     }
 }

@@ -139,8 +139,8 @@ impl fmt::Display for Reference {
 /// left is not a valid name or tag.
 pub fn split_image_ref(s: &str) -> Option<(RepoName, Option<Tag>)> {
     let s = s.split('@').next().unwrap_or(s);
-    let (path, tag) = match s.rfind(':') {
-        Some(i) if !s[i..].contains('/') => (&s[..i], Some(&s[i + 1..])),
+    let (path, tag) = match s.rsplit_once(':') {
+        Some((path, tag)) if !tag.contains('/') => (path, Some(tag)),
         _ => (s, None),
     };
     let path = match path.split_once('/') {
@@ -220,6 +220,15 @@ mod tests {
         let (n, t) = split_image_ref("app").unwrap();
         assert_eq!((n.as_str(), t), ("app", None));
         assert!(split_image_ref("Bad/Name:x").is_none());
+        // The tag is after the last ':', and only when no '/' follows it.
+        let (n, t) = split_image_ref("registry.example.com:5000/team/app:1.0").unwrap();
+        assert_eq!((n.as_str(), t.unwrap().as_str()), ("team/app", "1.0"));
+        let (n, t) = split_image_ref("app:v2@sha256:abc").unwrap();
+        assert_eq!((n.as_str(), t.unwrap().as_str()), ("app", "v2"));
+        // Multi-byte text around the ':' is refused, not cut mid-character.
+        assert!(split_image_ref("app:vé").is_none());
+        assert!(split_image_ref("é:v1").is_none());
+        assert!(split_image_ref("app:").is_none());
     }
 }
 

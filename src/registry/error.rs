@@ -97,11 +97,14 @@ pub fn clip(s: &str) -> String {
     if s.len() <= MAX_ECHO {
         return s.to_string();
     }
-    let mut end = MAX_ECHO;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    // Whole characters only: the cut must not split a multi-byte one.
+    let end = s
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .take_while(|&end| end <= MAX_ECHO)
+        .last()
+        .unwrap_or(0);
+    format!("{}...", s.get(..end).unwrap_or_default())
 }
 
 impl RegistryError {
@@ -307,6 +310,28 @@ impl From<CatalogError> for RegistryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clip_cuts_at_a_character_boundary() {
+        let fits = "a".repeat(MAX_ECHO);
+        assert_eq!(clip(&fits), fits);
+        assert_eq!(clip(&"a".repeat(MAX_ECHO + 1)), format!("{fits}..."));
+        // Two-byte characters that end exactly on the limit.
+        assert_eq!(
+            clip(&"é".repeat(MAX_ECHO)),
+            format!("{}...", "é".repeat(MAX_ECHO / 2))
+        );
+        // ... and one that would straddle it is left out whole.
+        let odd = format!("a{}", "é".repeat(MAX_ECHO));
+        assert_eq!(
+            clip(&odd),
+            format!("a{}...", "é".repeat((MAX_ECHO - 1) / 2))
+        );
+        // Four-byte characters, and one larger than what is left.
+        let emoji = format!("{}😀", "a".repeat(MAX_ECHO - 2));
+        assert_eq!(clip(&emoji), format!("{}...", "a".repeat(MAX_ECHO - 2)));
+        assert_eq!(clip(""), "");
+    }
 
     #[test]
     fn codes_have_the_specs_names_and_statuses() {

@@ -28,24 +28,25 @@ impl fmt::Display for Redacted<'_> {
             // Userinfo: an '@' before the query. (Before the path, by the
             // grammar; but a password with an unescaped '/' must not leak,
             // so an '@' in the path masks a little more than needed.)
-            let authority_end = url.find(['?', '#']).unwrap_or(url.len());
-            let host = match url[..authority_end].rfind('@') {
-                Some(i) => {
+            let authority = url.split(['?', '#']).next().unwrap_or(url);
+            let host = match authority.rfind('@').and_then(|i| url.get(i + 1..)) {
+                Some(host) => {
                     f.write_str(MASK)?;
                     f.write_str("@")?;
-                    &url[i + 1..]
+                    host
                 }
                 None => url,
             };
-            match host.find('?') {
-                Some(q) => {
-                    f.write_str(&host[..q])?;
+            match host.split_once('?') {
+                Some((path, query)) => {
+                    f.write_str(path)?;
                     f.write_str("?")?;
                     f.write_str(MASK)?;
                     // What follows a closing parenthesis (reqwest's
                     // "for url (…): why") is prose again.
-                    if let Some(p) = host[q..].find(')') {
-                        f.write_str(&host[q + p..])?;
+                    if let Some((_, prose)) = query.split_once(')') {
+                        f.write_str(")")?;
+                        f.write_str(prose)?;
                     }
                 }
                 None => f.write_str(host)?,
@@ -84,6 +85,17 @@ mod tests {
         assert_eq!(redact("s3://bucket/key.tar"), "s3://bucket/key.tar");
         assert_eq!(redact("/srv/images/app.tar"), "/srv/images/app.tar");
         assert_eq!(redact(""), "");
+        // Multi-byte text in every part of the URL and around it.
+        assert_eq!(
+            redact("erro: https://usuário:sênha@hóst/ç?q=ã) fim"),
+            "erro: https://***@hóst/ç?***) fim"
+        );
+        assert_eq!(redact("ç://ã@é?ü"), "ç://***@é?***");
+        assert_eq!(redact("https://h/p?x=é)ñ"), "https://h/p?***)ñ");
+        // A URL that is nothing but its scheme, or ends at '@' or '?'.
+        assert_eq!(redact("http://"), "http://");
+        assert_eq!(redact("http://u@"), "http://***@");
+        assert_eq!(redact("http://h?"), "http://h?***");
     }
 
     #[test]

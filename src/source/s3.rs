@@ -184,8 +184,8 @@ fn status_in(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
     let mut cur = Some(e);
     while let Some(e) = cur {
         let msg = e.to_string();
-        if let Some(i) = msg.find("status code: ") {
-            let digits: String = msg[i + 13..].chars().take(3).collect();
+        if let Some((_, after)) = msg.split_once("status code: ") {
+            let digits: String = after.chars().take(3).collect();
             if let Ok(s) = digits.parse() {
                 return Some(s);
             }
@@ -345,6 +345,21 @@ pub(super) async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_is_read_from_the_error_text() {
+        let status = |msg: &str| status_in(&std::io::Error::other(msg.to_string()));
+        assert_eq!(
+            status("Client error with status code: 403 Forbidden"),
+            Some(403)
+        );
+        assert_eq!(status("status code: 404"), Some(404));
+        assert_eq!(status("no status here"), None);
+        // Nothing, or multi-byte text, after the marker.
+        assert_eq!(status("status code: "), None);
+        assert_eq!(status("status code: 4é1"), None);
+        assert_eq!(status("é status code: 500 é"), Some(500));
+    }
 
     #[test]
     fn virtual_hosted_endpoint() {
