@@ -375,6 +375,10 @@ http {{
         for port, ref in ((self.cart.port, "bench/big:v1"), (self.reg.port, "bench/big:v1"),
                           (self.nginx.port, "bench/big:v1"), (self.cart.port, "bench/gz:v1")):
             self.pull(port, ref, self.path("warmup"))
+        # The images were just written (GBs, plus docker-registry's copy): write them back now,
+        # not during the measurements, where writeback would compete for the 2 cores and
+        # leave the contenders' files in different states (dirty / under writeback / clean).
+        os.sync()
 
     # --- 1 ---------------------------------------------------------------------------------
     def m1_blob(self):
